@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Idempotent environment set-up for mmum.
+#
+#   tools/setup_env.sh            # create/refresh .venv in the repo
+#
+# Environment variables:
+#   MMUM_TORCH        pip spec(s) for torch    (default: "torch==2.14.1 torchvision==0.29.1")
+#   MMUM_TORCH_INDEX  extra index for torch, e.g. a CUDA wheel index (optional)
+#   MMUM_VENV         where the venv lives      (default: <repo>/.venv)
+#   MMUM_CACHE        wheel cache outside repo  (default: ~/.cache/mmum)
+#   MMUM_CXX_STD      C++ standard for mmcv ops (default: c++20 for torch >= 2.10, else c++17)
+#   MAX_JOBS          parallel compile jobs for mmcv (default: number of cores)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MMUM_VENV:-$ROOT/.venv}"
+CACHE="${MMUM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmum}"
+TORCH_SPEC="${MMUM_TORCH:-torch==2.14.1 torchvision==0.29.1}"
+MMCV_VERSION=2.1.0
+PY="$VENV/bin/python"
+STEP="start"
+
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+fail() {
+  printf '\033[1;31m[setup] FAILED at step: %s\033[0m\n' "$STEP" >&2
+  case "$STEP" in
+    venv) echo "  -> need python3 with the venv module (Debian: apt-get install python3-venv)." >&2 ;;
+    torch) echo "  -> check MMUM_TORCH='$TORCH_SPEC' names an installable torch/torchvision pair" \
+                "(and MMUM_TORCH_INDEX for CUDA builds)." >&2 ;;
+    mmcv-download) echo "  -> could not fetch the mmcv==$MMCV_VERSION source distribution from the package index." >&2 ;;
+    mmcv-build) echo "  -> mmcv ops failed to compile; the full log is $CACHE/mmcv-build.log." \
+                     "Needs gcc/g++ (apt-get install build-essential); try MMCV_CXX_STD=c++17 for old torch," \
+                     "or MAX_JOBS=1 if the compiler ran out of memory." >&2 ;;
+    openmmlab) echo "  -> installing the OpenMMLab packages failed; see pip's message above." >&2 ;;
+    mmum) echo "  -> 'pip install -e .' failed; see pip's message above." >&2 ;;
+    check) echo "  -> packages installed but do not import together; see the traceback above." \
+                "Remove $VENV and run again." >&2 ;;
+  esac
+  exit 1
+}
+trap fail ERR
+
+mkdir -p "$CACHE/wheels"
+
+# 1. virtual environment ------------------------------------------------------
+STEP=venv
+if [ ! -x "$PY" ]; then
+  log "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+PIP=("$PY" -m pip --disable-pip-version-check -q)
+# pip, with the local-index noise filtered out of its messages (exit status kept)
+pipq() { "${PIP[@]}" "$@" 2> >(grep -v 'is ignored' >&2); }
+
+# Fast path: everything already installed for this exact set of requirements.
+STAMP="$VENV/.mmum-setup-stamp"
+want_stamp="$(cat "$ROOT/tools/setup_env.sh" "$ROOT/requirements/"*.txt "$ROOT/setup.py" | sha1sum | cut -c1-16) $TORCH_SPEC"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && \
+   "$PY" -c "import mmcv.ops, mmum" >/dev/null 2>&1; then
+  log "environment up to date ($VENV)"
+  exit 0
+fi
+
+# 2. torch ---------------------------------------------------------------------
+STEP=torch
+# setuptools < 81 keeps pkg_resources (mmcv's setup.py imports it); torch wants >= 77.
+pipq install 'setuptools>=77,<81' wheel ninja
+if ! "$PY" - "$TORCH_SPEC" <<'PYEOF' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+for spec in sys.argv[1].split():
+    name, _, ver = spec.partition('==')
+    got = version(name).split('+')[0]
+    assert not ver or got == ver, (name, got, ver)
+PYEOF
+then
+  log "installing $TORCH_SPEC"
+  # shellcheck disable=SC2086
+  pipq install $TORCH_SPEC ${MMUM_TORCH_INDEX:+--extra-index-url "$MMUM_TORCH_INDEX"}
+  "$PY" -c "import torch, torchvision" || false
+else
+  log "torch already installed: $("$PY" -c 'import torch; print(torch.__version__)')"
+fi
+
+# 3. mmcv with ops, built once per (torch, cuda, python) and cached ----------
+TAG="$("$PY" -c 'import sys, torch; print(f"torch{torch.__version__.replace("+", "_")}-py{sys.version_info.major}{sys.version_info.minor}")')"
+HAVE_NVCC=0
+if command -v nvcc >/dev/null 2>&1 && "$PY" -c 'import torch,sys; sys.exit(0 if torch.version.cuda else 1)' && \
+   { [ -n "${FORCE_CUDA:-}" ] && [ "${FORCE_CUDA}" = 1 ] || "$PY" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; }; then
+  HAVE_NVCC=1; TAG="$TAG-cuda"
+else
+  TAG="$TAG-cpu"
+fi
+WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-$TAG"
+if ! "$PY" -c "import mmcv, mmcv.ops, sys; sys.exit(0 if mmcv.__version__ == '$MMCV_VERSION' else 1)" >/dev/null 2>&1; then
+  if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
+    STEP=mmcv-download
+    SRC="$CACHE/src"; mkdir -p "$SRC"
+    if [ ! -f "$SRC/mmcv-$MMCV_VERSION.tar.gz" ]; then
+      log "downloading mmcv==$MMCV_VERSION source"
+      pipq download --no-deps --no-binary :all: --no-build-isolation "mmcv==$MMCV_VERSION" -d "$SRC"
+      test -f "$SRC/mmcv-$MMCV_VERSION.tar.gz"
+    fi
+    STEP=mmcv-build
+    BUILD="$(mktemp -d)"
+    tar xzf "$SRC/mmcv-$MMCV_VERSION.tar.gz" -C "$BUILD"
+    CXX_STD="${MMUM_CXX_STD:-$("$PY" -c 'import torch; v=tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); print("c++20" if v >= (2, 10) else "c++17")')}"
+    sed -i "s/-std=c++1[47]/-std=$CXX_STD/g" "$BUILD/mmcv-$MMCV_VERSION/setup.py"
+    log "building mmcv==$MMCV_VERSION with ops ($TAG, -std=$CXX_STD, cuda=$HAVE_NVCC); this takes ~12 min on 2 cores"
+    log "build log: $CACHE/mmcv-build.log"
+    (cd "$BUILD/mmcv-$MMCV_VERSION" && \
+      MMCV_WITH_OPS=1 FORCE_CUDA="$HAVE_NVCC" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+      "$PY" -m pip wheel --no-deps --no-build-isolation -w "$WHEEL_DIR.tmp" . >"$CACHE/mmcv-build.log" 2>&1)
+    mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
+    rm -rf "$BUILD"
+  fi
+  log "installing cached mmcv wheel from $WHEEL_DIR"
+  STEP=mmcv-build
+  pipq install "$WHEEL_DIR"/mmcv-*.whl 'mmengine==0.10.7'
+else
+  log "mmcv $MMCV_VERSION with ops already installed"
+fi
+
+# 4. OpenMMLab toolboxes + mmum ---------------------------------------------------
+STEP=openmmlab
+log "installing mmengine, mmpretrain, mmdet, mmsegmentation and test tools"
+pipq install -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+"$PY" -c "import mmpretrain, mmdet, mmseg" || false
+STEP=mmum
+pipq install --no-deps --no-build-isolation -e "$ROOT"
+
+STEP=check
+"$PY" -c "import mmcv.ops, mmpretrain, mmdet, mmseg, mmum; print('mmum', mmum.__version__, 'ready')"
+echo "$want_stamp" > "$STAMP"
+log "done. Activate with: source $VENV/bin/activate"
