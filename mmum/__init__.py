@@ -1,3 +1,8 @@
+from .utils import compat  # noqa: F401  (must run before mmengine loads checkpoints)
 from .version import __version__, version_info
+
+# Importing the sub-packages registers every component in the ``mmum`` scope,
+# so ``custom_imports=dict(imports=['mmum'])`` is all a config needs.
+from . import datasets, engine, models  # noqa: F401,E402  isort:skip
 
 __all__ = ['__version__', 'version_info']

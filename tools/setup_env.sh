@@ -83,7 +83,8 @@ else
 fi
 
 # 3. mmcv with ops, built once per (torch, cuda, python) and cached ----------
-TAG="$("$PY" -c 'import sys, torch; print(f"torch{torch.__version__.replace("+", "_")}-py{sys.version_info.major}{sys.version_info.minor}")')"
+STEP=mmcv-download
+TAG="$("$PY" -c 'import sys, torch; v = torch.__version__.replace("+", "_"); print("torch%s-py%d%d" % (v, *sys.version_info[:2]))')"
 HAVE_NVCC=0
 if command -v nvcc >/dev/null 2>&1 && "$PY" -c 'import torch,sys; sys.exit(0 if torch.version.cuda else 1)' && \
    { [ -n "${FORCE_CUDA:-}" ] && [ "${FORCE_CUDA}" = 1 ] || "$PY" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; }; then
