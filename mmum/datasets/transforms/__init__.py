@@ -1,1 +1,3 @@
-__all__ = []
+from .uniform_masking import UniformMasking
+
+__all__ = ['UniformMasking']

@@ -1,1 +1,5 @@
-__all__ = []
+from .um_mae_decoder import UMMAEPretrainDecoder
+
+__all__ = ['UMMAEPretrainDecoder']
+from .local_mim_decoder import LocalMIMDecoder  # noqa: E402
+__all__ += ['LocalMIMDecoder']

@@ -1,1 +1,7 @@
-__all__ = []
+from .um_mae import UMMAE
+
+__all__ = ['UMMAE']
+from .local_mim import LocalMIM, LocalMIMViT  # noqa: E402
+__all__ += ['LocalMIM', 'LocalMIMViT']
+from .green_mim import GreenMIM, GreenMIMDecoder  # noqa: E402
+__all__ += ['GreenMIM', 'GreenMIMDecoder']

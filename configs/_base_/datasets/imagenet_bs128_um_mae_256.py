@@ -1,0 +1,25 @@
+# ImageNet-1K for UM-MAE pre-training at 256 px (paper Table 8), in
+# mmpretrain's layout: data/imagenet/{train,meta/train.txt}.
+_base_ = 'mmpretrain::_base_/datasets/imagenet_bs512_mae.py'
+
+custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='RandomResizedCrop',
+        scale=256,
+        crop_ratio_range=(0.2, 1.0),
+        backend='pillow',
+        interpolation='bicubic'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='mmum.UniformMasking', patch_size=16, secondary_ratio=0.25),
+    dict(type='PackInputs', algorithm_keys=['secondary_mask']),
+]
+
+train_dataloader = dict(
+    batch_size=128,
+    # inheriting `mmpretrain::` injects `_scope_` into every dict; the
+    # collate function must not receive it
+    collate_fn=dict(_delete_=True, type='default_collate'),
+    dataset=dict(pipeline=train_pipeline))

@@ -1,0 +1,30 @@
+# UM-MAE with a Swin-T encoder on the compact 128x128 input of a 256 px image.
+model = dict(
+    type='mmum.UMMAE',
+    patch_size=16,
+    data_preprocessor=dict(
+        type='SelfSupDataPreprocessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        to_rgb=True),
+    backbone=dict(
+        type='mmum.UMSwinTransformer',
+        arch='tiny',
+        img_size=128,
+        window_size=8,
+        drop_path_rate=0.0,
+        out_indices=(3, )),
+    neck=dict(
+        type='mmum.UMMAEPretrainDecoder',
+        upscale_factor=2,
+        embed_dim=768,
+        num_patches=256,
+        patch_size=16,
+        decoder_embed_dim=512,
+        decoder_depth=2,
+        decoder_num_heads=16),
+    head=dict(
+        type='MAEPretrainHead',
+        norm_pix=True,
+        patch_size=16,
+        loss=dict(type='PixelReconstructionLoss', criterion='L2')))

@@ -1,0 +1,81 @@
+# GreenMIM, Swin-B (window 7), 800 epochs on ImageNet-1K at 224 px
+# (Huang et al. 2022, §4.1): batch 2048 = 8 GPUs x 256,
+#   tools/dist_train.sh configs/green_mim/swin_b_800e.py 8
+_base_ = [
+    'mmpretrain::_base_/datasets/imagenet_bs512_mae.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+
+model = dict(
+    type='mmum.GreenMIM',
+    mask_ratio=0.75,
+    mask_unit=32,  # = Swin's total stride: one mask unit per stage-4 token
+    backbone=dict(
+        type='mmum.GreenSwinTransformer',
+        arch='base',
+        img_size=224,
+        window_size=7,
+        drop_path_rate=0.0),
+    neck=dict(
+        type='mmum.GreenMIMDecoder',
+        num_patches=49,  # (224 / 32) ** 2 mask units
+        patch_size=32,
+        embed_dim=1024,  # Swin-B stage-4 width
+        decoder_embed_dim=512,
+        decoder_depth=1,
+        decoder_num_heads=16),
+    head=dict(
+        type='mmpretrain.MAEPretrainHead',
+        norm_pix=True,
+        patch_size=32,
+        loss=dict(type='mmpretrain.PixelReconstructionLoss', criterion='L2')))
+
+train_dataloader = dict(
+    batch_size=256,
+    # the mmpretrain base's dicts carry `_scope_`, which default_collate
+    # would receive as a keyword
+    collate_fn=dict(_delete_=True, type='default_collate'))
+
+# AdamW, blr 1.5e-4 scaled by batch / 256, betas (0.9, 0.999) as in the paper
+optim_wrapper = dict(
+    type='AmpOptimWrapper',
+    loss_scale='dynamic',
+    optimizer=dict(
+        type='AdamW',
+        lr=1.5e-4 * 2048 / 256,
+        betas=(0.9, 0.999),
+        weight_decay=0.05),
+    paramwise_cfg=dict(
+        custom_keys={
+            'norm': dict(decay_mult=0.0),
+            'bias': dict(decay_mult=0.0),
+            'relative_position_bias_table': dict(decay_mult=0.0),
+            'pos_embed': dict(decay_mult=0.0),
+            'mask_token': dict(decay_mult=0.0),
+        }))
+
+# 40 warm-up epochs from 1.5e-7 (x 2048/256), then cosine to 0
+param_scheduler = [
+    dict(
+        type='LinearLR',
+        start_factor=1e-3,
+        by_epoch=True,
+        begin=0,
+        end=40,
+        convert_to_iter_based=True),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=760,
+        by_epoch=True,
+        begin=40,
+        end=800,
+        convert_to_iter_based=True)
+]
+
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=800)
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+randomness = dict(seed=0, diff_rank_seed=True)
+resume = True
+auto_scale_lr = dict(base_batch_size=2048)

@@ -1,0 +1,15 @@
+# UM-MAE, Swin-T, 200 epochs on ImageNet-1K at 256 px (paper Table 8):
+#   tools/dist_train.sh configs/um_mae/swin_t_200e.py 8
+_base_ = [
+    '../_base_/models/um_mae_swin_t.py',
+    '../_base_/datasets/imagenet_bs128_um_mae_256.py',
+    '../_base_/schedules/um_mae_adamw_coslr.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=50),
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+
+randomness = dict(seed=0, diff_rank_seed=True)
+resume = True

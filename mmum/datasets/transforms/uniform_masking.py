@@ -1,0 +1,102 @@
+import numpy as np
+from mmcv.transforms import BaseTransform
+
+from mmum.registry import TRANSFORMS
+
+
+@TRANSFORMS.register_module()
+class UniformMasking(BaseTransform):
+    """Uniform Masking of UM-MAE (paper §3.1-3.2, Fig. 4).
+
+    The image is cut into ``patch_size`` patches and the patch grid into
+    2x2 cells. *Uniform Sampling* keeps exactly one patch of every cell
+    visible and drops the other three (75%). *Secondary Masking* then picks a
+    fixed share of the visible patches to be replaced by a learnable mask
+    token in the encoder; the count depends only on the image size (at 256 px:
+    64 visible patches, 16 of them secondary-masked).
+
+    Added keys (both ``(H/p, W/p)`` uint8 arrays, packed by ``PackInputs``;
+    pass ``algorithm_keys=['secondary_mask']`` for the second one):
+
+    - ``mask``: 1 = dropped patch (the reconstruction target), 0 = visible.
+    - ``secondary_mask``: 1 = visible patch replaced by the mask token.
+
+    Args:
+        patch_size (int): Side of a masking unit in pixels. Defaults to 16.
+        secondary_ratio (float): Share of the sampled patches that get the
+            mask token, in [0, 1). Defaults to 0.25.
+        sampling (str): Where the visible patch sits in each cell.
+            ``'iid'``: independent and uniform per cell. ``'balanced'``: each
+            of the four positions is used equally often over the image (as
+            the official code does). Defaults to ``'iid'``.
+    """
+
+    SAMPLINGS = ('iid', 'balanced')
+
+    def __init__(self,
+                 patch_size: int = 16,
+                 secondary_ratio: float = 0.25,
+                 sampling: str = 'iid') -> None:
+        if not isinstance(patch_size, int) or patch_size <= 0:
+            raise ValueError(
+                f'patch_size must be a positive int, got {patch_size!r}')
+        if not 0 <= secondary_ratio < 1:
+            raise ValueError(
+                f'secondary_ratio must be in [0, 1), got {secondary_ratio!r}')
+        if sampling not in self.SAMPLINGS:
+            raise ValueError(f'sampling must be one of {self.SAMPLINGS}, '
+                             f'got {sampling!r}')
+        self.patch_size = patch_size
+        self.secondary_ratio = secondary_ratio
+        self.sampling = sampling
+
+    def grid(self, img_shape) -> tuple:
+        """Patch grid ``(h, w)`` for an image of ``img_shape`` (H, W)."""
+        H, W = img_shape[:2]
+        p, cell = self.patch_size, 2 * self.patch_size
+        if H % cell or W % cell:
+            raise ValueError(
+                f'UniformMasking needs image sides that are multiples of '
+                f'2 x patch_size = {cell} px (2x2 cells of {p}-px patches), '
+                f'got {H}x{W}. Resize/crop to e.g. '
+                f'{max(cell, H // cell * cell)}x{max(cell, W // cell * cell)}.')
+        return H // p, W // p
+
+    def num_secondary(self, num_visible: int) -> int:
+        return int(round(num_visible * self.secondary_ratio))
+
+    def sample(self, h: int, w: int) -> tuple:
+        """Draw ``(mask, secondary_mask)`` for an ``h x w`` patch grid."""
+        if h % 2 or w % 2:
+            raise ValueError(f'the patch grid must be even to form 2x2 cells,'
+                             f' got {h}x{w}')
+        ch, cw = h // 2, w // 2
+        n = ch * cw
+        if self.sampling == 'iid':
+            pos = np.random.randint(0, 4, size=n)
+        else:  # 'balanced': n // 4 of each position, remainder distinct
+            pos = np.concatenate([
+                np.repeat(np.arange(4), n // 4),
+                np.random.permutation(4)[:n % 4]
+            ])
+            pos = np.random.permutation(pos)
+        # one-hot over the 4 positions of every cell -> (ch, cw, 2, 2)
+        visible = np.eye(4, dtype=np.uint8)[pos].reshape(ch, cw, 2, 2)
+        visible = visible.transpose(0, 2, 1, 3).reshape(h, w)
+
+        secondary = np.zeros(n, dtype=np.uint8)
+        secondary[np.random.permutation(n)[:self.num_secondary(n)]] = 1
+        # cells are ordered row-major, like the visible patches
+        secondary_mask = np.zeros((h, w), dtype=np.uint8)
+        secondary_mask[visible.astype(bool)] = secondary
+        return 1 - visible, secondary_mask
+
+    def transform(self, results: dict) -> dict:
+        h, w = self.grid(results['img'].shape)
+        results['mask'], results['secondary_mask'] = self.sample(h, w)
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(patch_size={self.patch_size}, '
+                f'secondary_ratio={self.secondary_ratio}, '
+                f"sampling='{self.sampling}')")

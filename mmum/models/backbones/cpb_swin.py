@@ -1,0 +1,37 @@
+from mmpretrain.models import SwinTransformer
+
+from mmum.models.layers.cpb_window_attention import CPBShiftWindowMSA
+from mmum.registry import MODELS
+
+
+@MODELS.register_module()
+class CPBSwinTransformer(SwinTransformer):
+    """Swin Transformer (v1) with a continuous, MLP-generated relative
+    position bias (UM-MAE appendix B.1).
+
+    Everything but the attention bias is mmpretrain's ``SwinTransformer``
+    (patch embedding, blocks, patch merging, ``out_indices``, ``frozen_stages``,
+    ``get_layer_depth``), so the parameter names match it except that each
+    ``attn.w_msa.relative_position_bias_table`` becomes ``attn.w_msa.cpb.*``.
+    The bias is defined for any window size, so ``window_size`` may differ
+    between pre-training and fine-tuning. With ``pad_small_map=False`` a
+    stage whose map is smaller than the window clamps the window to the map.
+
+    Args:
+        cpb_hidden_dims (int): Width of the bias MLP. Defaults to 256.
+        **kwargs: Arguments of mmpretrain's ``SwinTransformer``.
+    """
+
+    def __init__(self, *args, cpb_hidden_dims: int = 256, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for stage in self.stages:
+            for block in stage.blocks:
+                old = block.attn
+                block.attn = CPBShiftWindowMSA(
+                    embed_dims=old.w_msa.embed_dims,
+                    num_heads=old.w_msa.num_heads,
+                    window_size=old.window_size,
+                    shift_size=old.shift_size,
+                    pad_small_map=old.pad_small_map,
+                    cpb_hidden_dims=cpb_hidden_dims)
+                block.attn.drop = old.drop  # keep the DropPath schedule

@@ -1,0 +1,158 @@
+"""Swin Transformer that computes on the visible tokens only (GreenMIM).
+
+It *is* mmpretrain's ``SwinTransformer`` (same modules, same parameter names,
+so a checkpoint loads into ``mmpretrain.models.SwinTransformer`` with
+``strict=True`` and back); only the forward differs when a mask is given:
+
+- the mask is shared by the micro-batch and given on the grid of the
+  encoder's total stride (32 px for Swin), so at every stage a 2x2 merge cell
+  is either fully visible or fully masked;
+- window attention runs as Group Window Attention over the visible tokens;
+- patch merging concatenates each visible cell's 2x2 neighbours in the order
+  of mmcv's ``PatchMerging`` (``nn.Unfold``: channel-major, then (0,0),
+  (0,1), (1,0), (1,1)), so the ``reduction`` weights transfer.
+
+Without a mask it returns what ``SwinTransformer`` returns.
+"""
+from typing import Optional, Tuple
+
+import torch
+from mmpretrain.models import SwinTransformer
+
+from mmum.registry import MODELS
+from ..layers.group_window_attention import (GroupWindowAttention,
+                                             build_group_plan)
+
+
+@MODELS.register_module()
+class GreenSwinTransformer(SwinTransformer):
+    """Visible-only Swin encoder for GreenMIM.
+
+    Args:
+        arch, img_size, patch_size, in_channels, window_size, drop_rate,
+        drop_path_rate, out_indices, norm_cfg, patch_cfg, init_cfg: as in
+        mmpretrain's ``SwinTransformer``.
+    """
+
+    def __init__(self,
+                 arch='base',
+                 img_size=224,
+                 patch_size=4,
+                 in_channels=3,
+                 window_size=7,
+                 drop_rate=0.,
+                 drop_path_rate=0.,
+                 out_indices=(3, ),
+                 norm_cfg=dict(type='LN'),
+                 patch_cfg=dict(),
+                 init_cfg=None):
+        super().__init__(
+            arch=arch,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            window_size=window_size,
+            drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate,
+            out_indices=out_indices,
+            norm_cfg=norm_cfg,
+            stage_cfgs=dict(block_cfgs=dict(attn_cfgs=dict(
+                window_msa=GroupWindowAttention))),
+            patch_cfg=patch_cfg,
+            init_cfg=init_cfg)
+        self.window_size = window_size
+        # a mask unit covers exactly one token of the last stage
+        self.total_stride = patch_size * 2**(self.num_layers - 1)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        """Args:
+            x: images (B, 3, H, W).
+            mask: None, or a bool map (H/stride, W/stride) shared by the
+                batch, True = masked unit of ``total_stride`` pixels.
+
+        Returns:
+            Without mask: SwinTransformer's dense maps (B, C_i, H_i, W_i).
+            With mask: per ``out_indices`` the normalised visible tokens
+            (B, N_i, C_i), row-major over the visible positions of stage i;
+            at the last stage token k is the k-th visible unit of
+            ``(~mask).flatten()``.
+        """
+        if mask is None:
+            return super().forward(x)
+        keep = self._check_mask(x, mask)
+        x, hw = self.patch_embed(x)  # B, H0*W0, C
+        f = 2**(self.num_layers - 1)
+        keep = keep.repeat_interleave(f, 0).repeat_interleave(f, 1)
+        coords = keep.nonzero()  # N, 2 (row, col), row-major
+        x = x[:, coords[:, 0] * hw[1] + coords[:, 1]]  # B, N, C
+        x = self.drop_after_pos(x)
+
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = self._stage(stage, x, coords, hw)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x))
+            if stage.downsample is not None:
+                x, coords, hw = self._merge(stage.downsample, x, coords, hw)
+        return tuple(outs)
+
+    def _check_mask(self, x, mask):
+        H, W = x.shape[-2:]
+        s = self.total_stride
+        if H % s or W % s:
+            raise ValueError(f'image size {H}x{W} must be divisible by the '
+                             f'mask unit = encoder total stride {s}')
+        if mask.dtype != torch.bool or mask.shape != (H // s, W // s):
+            raise ValueError(
+                f'mask must be a bool tensor of shape {(H // s, W // s)} '
+                f'(one entry per {s}x{s} unit), got {mask.dtype} '
+                f'{tuple(mask.shape)}')
+        if bool(mask.all()):
+            raise ValueError('mask hides every unit; keep at least one')
+        for i in range(self.num_layers):
+            side = (H // s * 2**(self.num_layers - 1 - i),
+                    W // s * 2**(self.num_layers - 1 - i))
+            if any(n > self.window_size and n % self.window_size
+                   for n in side):
+                raise ValueError(
+                    f'stage {i} map {side[0]}x{side[1]} (image {H}x{W}) is '
+                    f'neither a multiple of window_size {self.window_size} '
+                    'nor covered by one window; Swin would pad it with '
+                    'tokens that are not part of the image. Use an image '
+                    'size whose stage maps are multiples of the window.')
+        return ~mask
+
+    def _stage(self, stage, x, coords, hw):
+        """Swin blocks of one stage on the visible tokens (B, N, C)."""
+        plans = {}  # one grouping per shift, shared by the stage's blocks
+        for block in stage.blocks:
+            attn = block.attn
+            shift = attn.shift_size if min(hw) > attn.window_size else 0
+            if shift not in plans:
+                plans[shift] = build_group_plan(coords, attn.window_size,
+                                                shift, x.shape[-1])
+            x = x + attn.drop(attn.w_msa(block.norm1(x), plans[shift]))
+            x = block.ffn(block.norm2(x), identity=x)
+        return x
+
+    @staticmethod
+    def _merge(downsample, x, coords, hw):
+        """Patch merging of the visible 2x2 cells (B, N, C) -> (B, N/4, 2C)."""
+        H, W = hw
+        B, N, C = x.shape
+        lut = coords.new_full((H * W, ), -1)  # grid position -> token
+        lut[coords[:, 0] * W + coords[:, 1]] = torch.arange(
+            N, device=coords.device)
+        top_left = coords[(coords[:, 0] % 2 == 0) & (coords[:, 1] % 2 == 0)]
+        r, c = top_left[:, 0], top_left[:, 1]
+        children = torch.stack([(r + a) * W + c + b
+                                for a, b in ((0, 0), (0, 1), (1, 0), (1, 1))],
+                               1)  # N/4, 4 in nn.Unfold's kernel order
+        x = x[:, lut[children]]  # B, N/4, 4, C
+        x = x.transpose(2, 3).reshape(B, -1, 4 * C)  # channel-major like Unfold
+        x = downsample.reduction(downsample.norm(x))  # B, N/4, 2C
+        return x, torch.div(top_left, 2, rounding_mode='floor'), (H // 2,
+                                                                    W // 2)
+
+
+__all__ = ['GreenSwinTransformer']

@@ -1,0 +1,136 @@
+"""Swin window attention whose relative-position bias comes from a small MLP.
+
+UM-MAE (appendix B.1) follows SwinV2's *continuous* position bias: the bias
+of a token pair is an MLP of their log-spaced relative coordinates, so it is
+defined for any window size and the window may change between pre-training
+and fine-tuning (8 -> 16, or 7 for dense tasks) with no weight surgery.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmpretrain.models.utils import ShiftWindowMSA
+
+
+class LogCPB(nn.Module):
+    """Continuous relative-position bias from log-spaced coordinates.
+
+    Args:
+        num_heads (int): One bias per head.
+        hidden_dims (int): Width of the MLP. Defaults to 256.
+    """
+
+    def __init__(self, num_heads: int, hidden_dims: int = 256) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2, hidden_dims), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dims, num_heads, bias=False))
+        self._index = {}  # window -> (N, N) index into the coordinate table
+
+    @staticmethod
+    def log_coords(window: int, device=None) -> torch.Tensor:
+        """All relative offsets of a ``window`` x ``window`` window,
+        log-spaced: ``sign(d) * log2(1 + |d|)``. Shape ((2w-1)^2, 2)."""
+        d = torch.arange(-(window - 1), window, device=device)
+        table = torch.stack(torch.meshgrid(d, d, indexing='ij'), -1)
+        return (torch.sign(table) * torch.log2(1 + table.abs())).flatten(0, 1)
+
+    def index(self, window: int, device) -> torch.Tensor:
+        """(N, N) index of each token pair's offset in ``log_coords``."""
+        if window not in self._index:
+            ys, xs = torch.meshgrid(
+                torch.arange(window), torch.arange(window), indexing='ij')
+            coords = torch.stack([ys.flatten(), xs.flatten()])  # 2, N
+            rel = coords[:, :, None] - coords[:, None, :] + window - 1
+            self._index[window] = rel[0] * (2 * window - 1) + rel[1]
+        return self._index[window].to(device)
+
+    def forward(self, window: int) -> torch.Tensor:
+        """Bias for a ``window`` x ``window`` window: (num_heads, N, N)."""
+        device = self.mlp[0].weight.device
+        table = self.mlp(
+            self.log_coords(window, device).to(self.mlp[0].weight.dtype))
+        return table[self.index(window, device)].permute(2, 0, 1)
+
+
+class CPBWindowMSA(BaseModule):
+    """Window multi-head self-attention with a :class:`LogCPB` bias.
+
+    Drop-in for mmpretrain's ``WindowMSA`` (same ``qkv`` / ``proj``), but the
+    window size is read from the input, so one module serves any window.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size=None,
+                 qkv_bias: bool = True,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.,
+                 cpb_hidden_dims: int = 256,
+                 init_cfg=None) -> None:
+        super().__init__(init_cfg)
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.cpb = LogCPB(num_heads, cpb_hidden_dims)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
+        """x: (num_windows*B, N, C); mask: (num_windows, N, N) or None."""
+        B_, N, C = x.shape
+        window = math.isqrt(N)
+        # 3, B_, heads, N, C/heads
+        q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(
+            2, 0, 3, 1, 4)
+        bias = self.cpb(window).unsqueeze(0)  # 1, heads, N, N
+        if mask is not None:
+            nW = mask.shape[0]
+            bias = (bias + mask.unsqueeze(1)).repeat(B_ // nW, 1, 1, 1)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.to(q.dtype),
+            dropout_p=self.attn_drop if self.training else 0.)
+        x = x.transpose(1, 2).reshape(B_, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class CPBShiftWindowMSA(ShiftWindowMSA):
+    """mmpretrain's shifted-window attention with two changes.
+
+    - the attention is :class:`CPBWindowMSA`;
+    - with ``pad_small_map=False`` a feature map smaller than the window
+      *clamps* the window to the map (and stops shifting), as the original
+      Swin does, instead of failing: padding a 4x4 map to 8x8 would quadruple
+      that stage's work for nothing.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault('window_msa', CPBWindowMSA)
+        super().__init__(*args, **kwargs)
+
+    def forward(self, query: torch.Tensor, hw_shape) -> torch.Tensor:
+        B, L, C = query.shape
+        H, W = hw_shape
+        window, shift = self.window_size, self.shift_size
+        if min(H, W) <= window and not self.pad_small_map:
+            window, shift = min(H, W, window), 0
+        query = query.view(B, H, W, C)
+        pad_r, pad_b = (window - W % window) % window, (window -
+                                                        H % window) % window
+        query = F.pad(query, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = query.shape[1:3]
+        if shift:
+            query = torch.roll(query, shifts=(-shift, -shift), dims=(1, 2))
+        attn_mask = self.get_attn_mask((Hp, Wp), window, shift, query.device)
+        # nW*B, window*window, C
+        windows = self.window_partition(query, window).view(-1, window**2, C)
+        windows = self.w_msa(windows, mask=attn_mask)
+        x = self.window_reverse(
+            windows.view(-1, window, window, C), Hp, Wp, window)
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        x = x[:, :H, :W].reshape(B, H * W, C)
+        return self.drop(x)

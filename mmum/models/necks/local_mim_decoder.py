@@ -1,0 +1,93 @@
+"""One local decoder of LocalMIM: visible tokens -> predictions at a scale."""
+from typing import Tuple, Union
+
+import torch
+from mmengine.model import BaseModule
+from mmpretrain.models.backbones.vision_transformer import \
+    TransformerEncoderLayer
+from mmpretrain.models.utils import build_2d_sincos_position_embedding
+from torch import nn
+
+from mmum.registry import MODELS
+
+
+@MODELS.register_module()
+class LocalMIMDecoder(BaseModule):
+    """MAE-style light decoder that predicts a target map of ``out_size``.
+
+    Visible tokens are embedded, completed with mask tokens, put back in
+    image order, passed through one transformer block, laid out as the
+    ``grid`` of patches and resized to ``out_size`` by a transposed
+    convolution (finer scales) or max-pooling (coarser scales).
+
+    Args:
+        in_channels (int): Encoder width.
+        grid (int | tuple): Patch grid of the encoder, e.g. 14 for ViT-B/16.
+        out_size (int | tuple): Target grid, e.g. 56.
+        out_channels (int): Target channels per cell, e.g. 27 for HOG.
+        embed_dims (int): Decoder width. Defaults to 256.
+        num_heads (int): Defaults to 8.
+        mlp_ratio (float): Defaults to 4.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 grid: Union[int, Tuple[int, int]],
+                 out_size: Union[int, Tuple[int, int]],
+                 out_channels: int,
+                 embed_dims: int = 256,
+                 num_heads: int = 8,
+                 mlp_ratio: float = 4.,
+                 init_cfg=None) -> None:
+        super().__init__(init_cfg)
+        self.grid = tuple(grid) if isinstance(grid, (tuple, list)) else (
+            grid, grid)
+        out_size = tuple(out_size) if isinstance(out_size, (
+            tuple, list)) else (out_size, out_size)
+        up = [o / g for o, g in zip(out_size, self.grid)]
+        if up[0] != up[1] or not (up[0].is_integer() or
+                                  (1 / up[0]).is_integer()):
+            raise ValueError(
+                f'LocalMIMDecoder: out_size={out_size} must be the patch grid '
+                f'{self.grid} times or divided by the same integer')
+        self.norm_in = nn.LayerNorm(in_channels)
+        self.embed = nn.Linear(in_channels, embed_dims)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        self.register_buffer(
+            'pos_embed',
+            build_2d_sincos_position_embedding(
+                self.grid, embed_dims, cls_token=True),
+            persistent=False)  # (1, 1 + N, D), fixed
+        self.block = TransformerEncoderLayer(
+            embed_dims, num_heads, int(mlp_ratio * embed_dims),
+            norm_cfg=dict(type='LN', eps=1e-6))
+        self.norm = nn.LayerNorm(embed_dims, eps=1e-6)
+        if up[0] > 1:
+            f = int(up[0])
+            self.resize = nn.ConvTranspose2d(embed_dims, embed_dims, f, f)
+        elif up[0] < 1:
+            self.resize = nn.MaxPool2d(int(1 / up[0]))
+        else:
+            self.resize = nn.Identity()
+        self.pred = nn.Conv2d(embed_dims, out_channels, 1)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        nn.init.normal_(self.mask_token, std=.02)
+
+    def forward(self, x: torch.Tensor,
+                ids_restore: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + L_vis, C) class + visible tokens, (B, N) restore order ->
+        (B, out_h * out_w, out_channels)."""
+        x = self.embed(self.norm_in(x))  # (B, 1 + L_vis, D)
+        B, N = ids_restore.shape
+        D = x.shape[-1]
+        mask_tokens = self.mask_token.expand(B, N + 1 - x.shape[1], -1)
+        patches = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (B, N, D)
+        patches = torch.gather(patches, 1,
+                               ids_restore[..., None].expand(-1, -1, D))
+        x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed
+        x = self.norm(self.block(x))[:, 1:]  # (B, N, D)
+        x = x.transpose(1, 2).reshape(B, D, *self.grid)
+        x = self.pred(self.resize(x))  # (B, out_channels, out_h, out_w)
+        return x.flatten(2).transpose(1, 2)

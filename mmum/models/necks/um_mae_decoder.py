@@ -1,0 +1,55 @@
+import torch
+import torch.nn.functional as F
+from mmpretrain.models.necks import MAEPretrainDecoder
+
+from mmum.registry import MODELS
+
+
+@MODELS.register_module()
+class UMMAEPretrainDecoder(MAEPretrainDecoder):
+    """Light MAE decoder of UM-MAE (paper §3.3).
+
+    The encoder's last map (stride 32 on the compact input) is brought back to
+    one token per masking unit with PixelShuffle; those tokens go to the
+    positions of their visible patches in the full grid, mask tokens fill the
+    dropped patches, and mmpretrain's MAE decoder blocks (fixed sin-cos
+    positions, no class token) predict every patch's pixels.
+
+    Args:
+        upscale_factor (int): PixelShuffle factor from the encoder's last
+            stride to the unit grid of the compact input. Defaults to 2.
+        embed_dim (int): Channels of the encoder's last map; the decoder
+            embeds ``embed_dim // upscale_factor**2`` channels per unit.
+        **kwargs: Arguments of mmpretrain's ``MAEPretrainDecoder``.
+    """
+
+    def __init__(self, upscale_factor: int = 2, embed_dim: int = 768,
+                 **kwargs) -> None:
+        if embed_dim % upscale_factor**2:
+            raise ValueError(f'embed_dim={embed_dim} must be divisible by '
+                             f'upscale_factor**2={upscale_factor**2}')
+        super().__init__(
+            embed_dim=embed_dim // upscale_factor**2, **kwargs)
+        self.upscale_factor = upscale_factor
+
+    def forward(self, x: torch.Tensor,
+                visible_index: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, h, w) encoder map; visible_index: (B, N) position in the
+        full patch grid of each unit of the compact input, row-major.
+        Returns per-patch predictions (B, num_patches, p*p*3)."""
+        x = F.pixel_shuffle(x, self.upscale_factor)  # B, C/r^2, h*r, w*r
+        x = x.flatten(2).transpose(1, 2)  # B, N, C/r^2
+        if x.shape[1] != visible_index.shape[1]:
+            raise ValueError(
+                f'the encoder gives {x.shape[1]} units after PixelShuffle x'
+                f'{self.upscale_factor} but the mask has '
+                f'{visible_index.shape[1]} visible patches')
+        x = self.decoder_embed(x)  # B, N, D
+        B, N, D = x.shape
+        full = self.mask_token.to(x.dtype).expand(B, self.num_patches, D)
+        full = full.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, D),
+                            x)  # B, L, D
+        x = full + self.decoder_pos_embed[:, 1:]  # no class token
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))  # B, L, p*p*3

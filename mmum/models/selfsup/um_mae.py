@@ -1,0 +1,121 @@
+from typing import Dict, List, Tuple
+
+import torch
+from mmpretrain.models import BaseSelfSupervisor
+from mmpretrain.structures import DataSample
+
+from mmum.registry import MODELS
+
+
+def visible_index(mask: torch.Tensor) -> torch.Tensor:
+    """Full-grid index of the visible patch of every 2x2 cell.
+
+    Args:
+        mask (Tensor): (B, h, w) uniform mask, 1 = dropped.
+    Returns:
+        Tensor: (B, h/2 * w/2) flat index into the h*w grid, cells row-major.
+    """
+    B, h, w = mask.shape
+    cells = (mask == 0).view(B, h // 2, 2, w // 2, 2).permute(0, 1, 3, 2, 4)
+    cells = cells.reshape(B, h // 2, w // 2, 4)
+    counts = cells.sum(-1)
+    if (counts != 1).any():
+        bad = counts.ne(1).nonzero()[0].tolist()
+        raise ValueError(
+            'UM-MAE needs a uniform mask with exactly one visible patch per '
+            f'2x2 cell; sample {bad[0]} has {int(counts[tuple(bad)])} in cell '
+            f'{tuple(bad[1:])}. Put mmum.UniformMasking in the pipeline.')
+    pos = cells.float().argmax(-1)  # B, h/2, w/2 in {0,1,2,3}
+    rows = torch.arange(h // 2, device=mask.device).view(1, -1, 1) * 2 + pos // 2
+    cols = torch.arange(w // 2, device=mask.device).view(1, 1, -1) * 2 + pos % 2
+    return (rows * w + cols).flatten(1)
+
+
+@MODELS.register_module()
+class UMMAE(BaseSelfSupervisor):
+    """UM-MAE: MAE pre-training of hierarchical ViTs with Uniform Masking.
+
+    The pipeline's ``mmum.UniformMasking`` leaves one visible ``patch_size``
+    patch in every 2x2 cell (``mask``) and marks a share of them for the mask
+    token (``secondary_mask``). The visible patches are packed into a compact
+    H/2 x W/2 image for the encoder; the decoder reconstructs every patch and
+    the loss is taken on the dropped ones (paper §3, Fig. 5).
+
+    Args:
+        patch_size (int): Masking unit in pixels. Defaults to 16.
+        **kwargs: ``backbone``, ``neck``, ``head``, ``data_preprocessor``,
+            ``init_cfg`` as in mmpretrain's ``BaseSelfSupervisor``.
+    """
+
+    def __init__(self, patch_size: int = 16, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+
+    def extract_feat(self, inputs: torch.Tensor):
+        return self.backbone(inputs, mask=None)
+
+    def compact(self, inputs: torch.Tensor, index: torch.Tensor):
+        """Gather the visible patches into the compact image.
+
+        inputs: (B, 3, H, W); index: (B, N) from :func:`visible_index`.
+        Returns (B, 3, H/2, W/2).
+        """
+        B, C, H, W = inputs.shape
+        p = self.patch_size
+        patches = inputs.view(B, C, H // p, p, W // p, p).permute(
+            0, 2, 4, 1, 3, 5).flatten(1, 2)  # B, h*w, C, p, p
+        patches = patches.gather(
+            1, index.view(B, -1, 1, 1, 1).expand(-1, -1, C, p, p))
+        h2, w2 = H // p // 2, W // p // 2
+        return patches.view(B, h2, w2, C, p, p).permute(0, 3, 1, 4, 2, 5) \
+            .reshape(B, C, H // 2, W // 2)
+
+    def masks(self, inputs: torch.Tensor, data_samples: List[DataSample]
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stack and check the masks: (mask, index, secondary) with secondary
+        in compact-unit layout (B, H/2p, W/2p)."""
+        B, _, H, W = inputs.shape
+        grid = (H // self.patch_size, W // self.patch_size)
+        try:
+            mask = torch.stack([ds.mask for ds in data_samples])
+            secondary = torch.stack([ds.secondary_mask for ds in data_samples])
+        except (AttributeError, KeyError) as e:
+            raise KeyError(
+                'UM-MAE needs `mask` and `secondary_mask` in every data '
+                'sample: add dict(type="mmum.UniformMasking") and '
+                'dict(type="PackInputs", algorithm_keys=["secondary_mask"]) '
+                'to the pipeline') from e
+        if tuple(mask.shape[1:]) != grid or H % (2 * self.patch_size) or \
+                W % (2 * self.patch_size):
+            raise ValueError(
+                f'mask grid {tuple(mask.shape[1:])} does not match the '
+                f'{H}x{W} input with {self.patch_size}-px patches (expected '
+                f'{grid}, image sides multiples of {2 * self.patch_size})')
+        mask = mask.to(inputs.device)
+        index = visible_index(mask)
+        secondary = secondary.to(inputs.device).flatten(1).gather(1, index)
+        return mask, index, secondary.view(B, grid[0] // 2, grid[1] // 2)
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[DataSample],
+             **kwargs) -> Dict[str, torch.Tensor]:
+        mask, index, secondary = self.masks(inputs, data_samples)
+        x = self.compact(inputs, index)  # B, 3, H/2, W/2
+        latent = self.backbone(x, secondary)[-1]  # B, C, H/64, W/64
+        pred = self.neck(latent, index)  # B, h*w, p*p*3
+        return dict(loss=self.head.loss(pred, inputs, mask.flatten(1)))
+
+    @torch.no_grad()
+    def reconstruct(self, inputs: torch.Tensor,
+                    data_samples: List[DataSample]) -> torch.Tensor:
+        """Predicted image (B, 3, H, W) in the normalised input space; with
+        ``norm_pix`` each predicted patch is de-normalised with the mean and
+        std of the true patch, as MAE's visualisation does."""
+        mask, index, secondary = self.masks(inputs, data_samples)
+        pred = self.neck(self.backbone(self.compact(inputs, index),
+                                       secondary)[-1], index)
+        if self.head.norm_pix:
+            target = self.head.patchify(inputs)
+            mean = target.mean(-1, keepdim=True)
+            std = (target.var(-1, keepdim=True) + 1e-6)**.5
+            pred = pred * std + mean
+        return self.head.unpatchify(pred)

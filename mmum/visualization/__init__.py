@@ -1,0 +1,3 @@
+from .reconstruction import reconstruction_figure, save_reconstruction
+
+__all__ = ['reconstruction_figure', 'save_reconstruction']

@@ -1,0 +1,177 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmpretrain.structures import DataSample
+
+import mmum  # noqa: F401
+from mmum.datasets.transforms import UniformMasking
+from mmum.models.selfsup.um_mae import visible_index
+from mmum.registry import MODELS
+
+CFG = Config.fromfile('configs/um_mae/swin_t_200e.py')
+TINY = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
+
+
+def build(tiny=True, **backbone):
+    cfg = copy.deepcopy(CFG.model)
+    if tiny:
+        cfg.backbone.arch = TINY
+        cfg.neck.embed_dim = 256
+        cfg.neck.decoder_embed_dim = 64
+        cfg.neck.decoder_num_heads = 4
+    cfg.backbone.update(backbone)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    return model
+
+
+def batch(n=2, size=256, seed=0):
+    rng = np.random.RandomState(seed)
+    np.random.seed(seed)
+    t = UniformMasking()
+    samples = []
+    for _ in range(n):
+        r = t.transform(dict(img=np.zeros((size, size, 3))))
+        ds = DataSample()
+        ds.set_mask(torch.from_numpy(r['mask']))
+        ds.set_field(torch.from_numpy(r['secondary_mask']), 'secondary_mask')
+        samples.append(ds)
+    x = torch.from_numpy(rng.randn(n, 3, size, size).astype(np.float32))
+    return x, samples
+
+
+def test_compact_gathers_the_visible_patches():
+    model = build()
+    x, samples = batch()
+    mask = torch.stack([s.mask for s in samples])
+    idx = visible_index(mask)
+    c = model.compact(x, idx)
+    assert c.shape == (2, 3, 128, 128)
+    # compact unit (i, j) == the visible patch of cell (i, j)
+    for b in range(2):
+        for i in range(8):
+            for j in range(8):
+                cell = 1 - mask[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+                di, dj = (cell == 1).nonzero()[0].tolist()
+                r, q = 2 * i + di, 2 * j + dj
+                assert idx[b, i * 8 + j] == r * 16 + q
+                assert torch.equal(
+                    c[b, :, 16 * i:16 * i + 16, 16 * j:16 * j + 16],
+                    x[b, :, 16 * r:16 * r + 16, 16 * q:16 * q + 16])
+
+
+def test_first_stage_sees_a_quarter_of_the_tokens():
+    model = build(tiny=False)  # the real Swin-T
+    seen = []
+    model.backbone.stages[0].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].shape[1]))
+    x, samples = batch(n=1)
+    model.loss(x, samples)
+    full = (256 // 4)**2
+    assert seen == [full // 4]
+
+
+def test_secondary_mask_reaches_the_encoder():
+    model = build()
+    x, samples = batch(n=1)
+    tokens = []
+    model.backbone.stages[0].register_forward_pre_hook(
+        lambda m, args: tokens.append(args[0]))
+    model.loss(x, samples)
+    tok = tokens[0][0].view(32, 32, -1)
+    _, idx, sec = model.masks(x, samples)
+    sec = sec[0].repeat_interleave(4, 0).repeat_interleave(4, 1).bool()
+    # after patch embedding, secondary-masked units hold the mask token
+    mt = model.backbone.mask_token.view(-1)
+    assert torch.allclose(tok[sec], mt.expand(int(sec.sum()), -1))
+    assert not torch.allclose(tok[~sec][:5], mt.expand(5, -1))
+
+
+def test_loss_only_on_dropped_patches():
+    model = build()
+    x, samples = batch(n=1)
+    loss = model.loss(x, samples)['loss']
+    # changing a visible patch's pixels in the *target* does not matter,
+    # changing a dropped one does: check through the head directly
+    mask = torch.stack([s.mask for s in samples]).flatten(1)
+    pred = torch.zeros(1, 256, 768)
+    base = model.head.loss(pred, x, mask)
+    y = x.clone()
+    vis = int((mask[0] == 0).nonzero()[0])
+    r, q = divmod(vis, 16)
+    y[..., 16 * r:16 * r + 16, 16 * q:16 * q + 16] += torch.randn(3, 16, 16)
+    assert torch.allclose(model.head.loss(pred, y, mask), base)
+    assert torch.isfinite(loss)
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = build()
+    x, samples = batch(n=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(40):
+        loss = model.loss(x, samples)['loss']
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] * 5 <= losses[0], losses
+
+
+def test_reconstruct_shape():
+    model = build()
+    x, samples = batch(n=2)
+    assert model.reconstruct(x, samples).shape == x.shape
+
+
+@pytest.mark.parametrize('window', [7, 4])
+def test_window_breaking_equivalence_is_explained(window):
+    model = build(window_size=window)
+    x, samples = batch(n=1)
+    with pytest.raises(ValueError,
+                       match=rf'window_size={window} breaks the compact'):
+        model.loss(x, samples)
+
+
+def test_image_size_not_multiple_of_64():
+    model = build()
+    x, samples = batch(n=1, size=224)
+    with pytest.raises(ValueError, match=r'112x112.*multiple of 64 px'):
+        model.loss(x, samples)
+
+
+def test_non_uniform_mask_is_rejected():
+    model = build()
+    x, samples = batch(n=1)
+    samples[0].mask[0, :2] = 0  # two visible patches in cell (0, 0)
+    with pytest.raises(ValueError, match='exactly one visible patch'):
+        model.loss(x, samples)
+
+
+def test_missing_secondary_mask():
+    model = build()
+    x, _ = batch(n=1)
+    ds = DataSample()
+    ds.set_mask(torch.zeros(16, 16))
+    with pytest.raises(KeyError, match='UniformMasking'):
+        model.loss(x, [ds])
+
+
+def test_window_changes_at_fine_tuning():
+    """The CPB bias is weight-free in the window: the encoder weights run
+    with window 16 and window 7 without any conversion."""
+    from mmum.models.backbones import CPBSwinTransformer
+    model = build()
+    sd = {k: v for k, v in model.backbone.state_dict().items()
+          if k != 'mask_token'}
+    for window, pad in [(16, False), (7, True)]:
+        ft = CPBSwinTransformer(arch=TINY, window_size=window,
+                                pad_small_map=pad, out_indices=(0, 1, 2, 3))
+        missing, unexpected = ft.load_state_dict(sd, strict=False)
+        assert not missing and not unexpected
+        outs = ft(torch.randn(1, 3, 224, 224))
+        assert [o.shape[-1] for o in outs] == [56, 28, 14, 7]
