@@ -4,3 +4,9 @@ from .um_swin import UMSwinTransformer
 __all__ = ['CPBSwinTransformer', 'UMSwinTransformer']
 from .green_swin import GreenSwinTransformer  # noqa: E402
 __all__ += ['GreenSwinTransformer']
+from .pvt import PVT  # noqa: E402
+from .simmim_pvt import SimMIMPVT  # noqa: E402
+from .simmim_swin import SimMIMCPBSwinTransformer  # noqa: E402
+from .um_pvt import UMPVT  # noqa: E402
+from .um_vit import UMViT  # noqa: E402
+__all__ += ['PVT', 'SimMIMPVT', 'SimMIMCPBSwinTransformer', 'UMPVT', 'UMViT']

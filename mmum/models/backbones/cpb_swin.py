@@ -2,6 +2,7 @@ from mmpretrain.models import SwinTransformer
 
 from mmum.models.layers.cpb_window_attention import CPBShiftWindowMSA
 from mmum.registry import MODELS
+from .pretrained_keys import check_pretrained_keys
 
 
 @MODELS.register_module()
@@ -35,3 +36,9 @@ class CPBSwinTransformer(SwinTransformer):
                     pad_small_map=old.pad_small_map,
                     cpb_hidden_dims=cpb_hidden_dims)
                 block.attn.drop = old.drop  # keep the DropPath schedule
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # drop a pre-training mask_token silently, refuse other
+        # architectures with a readable error (see pretrained_keys.py)
+        check_pretrained_keys(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,54 @@
+# SimMIM baseline of UM-MAE's Table 3: Swin-T (window 8, same CPB
+# architecture as UM-MAE) at the same 256 px and with the same schedule as
+# configs/um_mae/swin_t_200e.py. The encoder sees the whole image with 75%
+# of its 16-px patches replaced by a mask token (random, as MAE samples).
+#   tools/dist_train.sh configs/simmim/swin_t_256_200e.py 8
+_base_ = [
+    '../_base_/datasets/imagenet_bs128_um_mae_256.py',
+    '../_base_/schedules/um_mae_adamw_coslr.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='RandomResizedCrop',
+        scale=256,
+        crop_ratio_range=(0.2, 1.0),
+        backend='pillow',
+        interpolation='bicubic'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(
+        type='SimMIMMaskGenerator',
+        input_size=256,
+        mask_patch_size=16,
+        model_patch_size=4,
+        mask_ratio=0.75),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+
+model = dict(
+    type='mmpretrain.SimMIM',
+    data_preprocessor=dict(
+        type='SelfSupDataPreprocessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        to_rgb=True),
+    backbone=dict(
+        type='mmum.SimMIMCPBSwinTransformer',
+        arch='tiny',
+        img_size=256,
+        drop_path_rate=0.0,
+        stage_cfgs=dict(block_cfgs=dict(window_size=8))),
+    neck=dict(type='SimMIMLinearDecoder', in_channels=768, encoder_stride=32),
+    head=dict(
+        type='SimMIMHead',
+        patch_size=4,
+        loss=dict(type='PixelReconstructionLoss', criterion='L1', channel=3)))
+
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=50),
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+randomness = dict(seed=0, diff_rank_seed=True)
+resume = True

@@ -1,0 +1,16 @@
+# UM-MAE, PVT-S, 200 epochs on ImageNet-1K at 256 px (paper Tables 3, 8):
+# the Swin-T recipe with the PVT encoder on the compact 128x128 input
+# (key/value pooling {4,2,1,1}; {8,4,2,1} when fine-tuned as mmum.PVT).
+#   tools/dist_train.sh configs/um_mae/pvt_s_200e.py 8
+_base_ = './swin_t_200e.py'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmum.UMPVT',
+        arch='small',
+        img_size=128,
+        sr_ratios=(8, 4, 2, 1),
+        drop_path_rate=0.0,
+        out_indices=(3, )),
+    neck=dict(embed_dim=512))
