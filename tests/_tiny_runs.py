@@ -1,0 +1,58 @@
+"""Shared helpers for the tools / compat tests: tiny real-photo image folders
+and a tiny training run through ``tools/train.py`` (cached per session)."""
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY_CFG = osp.join(ROOT, 'tests', 'configs', 'tiny_cls.py')
+
+
+def make_image_folder(root, classes=('a', 'b'), per_class=4, size=48, seed=0):
+    """Write ``per_class`` random crops of scikit-image's bundled photos into
+    ``root/<class>/*.png`` (mmpretrain ``CustomDataset`` layout)."""
+    import cv2
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea()]
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        os.makedirs(osp.join(root, c), exist_ok=True)
+        for i in range(per_class):
+            img = photos[rng.integers(len(photos))]
+            y = rng.integers(img.shape[0] - size)
+            x = rng.integers(img.shape[1] - size)
+            crop = np.ascontiguousarray(img[y:y + size, x:x + size, ::-1])
+            cv2.imwrite(osp.join(root, c, f'{i}.png'), crop)
+    return root
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_tool(args, env=None, timeout=600):
+    """Run a command from the repo root in a clean env (no weights_only
+    override); return the CompletedProcess, raising with its output on
+    failure."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
+    full_env.update(env or {})
+    proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f'{" ".join(args)} exited with {proc.returncode}\n'
+            f'--- stdout ---\n{proc.stdout[-6000:]}\n'
+            f'--- stderr ---\n{proc.stderr[-6000:]}')
+    return proc
+
+
+def python():
+    return sys.executable
