@@ -1,1 +1,4 @@
 __all__ = []
+from .decoder_pruning import DecoderPruningHook  # noqa: E402
+from .freezeout_hook import FreezeOutHook  # noqa: E402
+__all__ += ['DecoderPruningHook', 'FreezeOutHook']

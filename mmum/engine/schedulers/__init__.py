@@ -1,1 +1,3 @@
 __all__ = []
+from .freezeout import FreezeOutLR, freeze_params  # noqa: E402
+__all__ += ['FreezeOutLR', 'freeze_params']

@@ -1,1 +1,3 @@
 __all__ = []
+from .hog_target import HOGTarget  # noqa: E402
+__all__ += ['HOGTarget']

@@ -1,0 +1,85 @@
+"""Runtime side of :class:`mmum.FreezeOutLR`: eval mode, resume, DDP."""
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from torch.nn.parallel import DistributedDataParallel
+
+from mmum.engine.schedulers.freezeout import FreezeOutLR
+from mmum.registry import HOOKS
+
+
+def freezeout_schedulers(runner):
+    """``(index, FreezeOutLR)`` pairs of ``runner.param_schedulers`` (a list,
+    or a dict of lists for several optimizers: index is ``(name, i)``)."""
+    scheds = runner.param_schedulers or []
+    if isinstance(scheds, dict):
+        return [((name, i), s) for name, lst in scheds.items()
+                for i, s in enumerate(lst) if isinstance(s, FreezeOutLR)]
+    return [(i, s) for i, s in enumerate(scheds) if isinstance(s, FreezeOutLR)]
+
+
+@HOOKS.register_module()
+class FreezeOutHook(Hook):
+    """Keeps :class:`mmum.FreezeOutLR`'s frozen layers frozen.
+
+    - Modules whose parameters all belong to frozen layers run in eval mode
+      (re-applied every iteration, since the train loops call
+      ``model.train()``).
+    - On resume, freezes the layers recorded in the checkpoint's scheduler
+      state *before* the optimizer state is loaded, so the optimizer's param
+      groups match the saved ones.
+    - Under DDP, frozen parameters stop receiving gradients, which the
+      wrapper only tolerates with ``find_unused_parameters=True`` (set it in
+      the config); we check it up front rather than rebuilding the wrapper.
+
+    The model must provide ``get_layer_depth(param_name)`` (every mmpretrain
+    self-supervisor and ViT / Swin backbone does).
+    """
+
+    priority = 'ABOVE_NORMAL'
+
+    def __init__(self):
+        self._eval_cache = (None, [])  # (frozen layers, modules to eval)
+
+    def before_train(self, runner):
+        if not freezeout_schedulers(runner):
+            raise ValueError('FreezeOutHook: no FreezeOutLR in '
+                             'param_scheduler')
+        model = runner.model
+        if (isinstance(model, DistributedDataParallel)
+                and not model.find_unused_parameters):
+            raise ValueError(
+                'FreezeOutLR freezes parameters during training, which DDP '
+                'only tolerates with find_unused_parameters=True; add '
+                '`find_unused_parameters = True` to the config')
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        frozen = set()
+        for _, sched in freezeout_schedulers(runner):
+            frozen |= set(sched.frozen_layers)
+        if not frozen:
+            return
+        if self._eval_cache[0] != frozen:
+            model = runner.model.module if is_model_wrapper(
+                runner.model) else runner.model
+            modules = []
+            for name, module in model.named_modules():
+                names = [f'{name}.{n}' if name else n
+                         for n, _ in module.named_parameters()]
+                if names and all(model.get_layer_depth(n)[0] in frozen
+                                 for n in names):
+                    modules.append(module)
+            self._eval_cache = (frozen, modules)
+        for module in self._eval_cache[1]:
+            module.eval()
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        # only a resume restores the schedule; `load_from` loads weights only
+        if not getattr(runner, '_resume', False):
+            return
+        saved = checkpoint.get('param_schedulers')
+        if saved is None:
+            return
+        for index, sched in freezeout_schedulers(runner):
+            state = (saved[index[0]][index[1]] if isinstance(index, tuple)
+                     else saved[index])
+            sched.freeze_layers(state.get('frozen_layers', []))

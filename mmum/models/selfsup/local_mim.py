@@ -1,0 +1,163 @@
+"""LocalMIM (Wang et al., CVPR 2023) ready for progressive freezing
+(ViTFreeze, arXiv 2312.02194).
+
+Decoders read intermediate blocks of the encoder and reconstruct HOG
+features of the masked regions at one scale each (fine scales from shallow
+blocks). With :class:`mmum.FreezeOutLR` the encoder's leading layers freeze
+one after another: the frozen prefix then runs without autograd, and
+:class:`mmum.DecoderPruningHook` drops a decoder (and its target) once the
+block that feeds it is frozen.
+"""
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from mmpretrain.models.selfsup.base import BaseSelfSupervisor
+from mmpretrain.models.selfsup.mae import MAEViT
+from mmpretrain.structures import DataSample
+from torch import nn
+
+from mmum.registry import MODELS
+
+
+@MODELS.register_module()
+class LocalMIMViT(MAEViT):
+    """MAE's ViT encoder returning the tokens after several blocks.
+
+    Its layers are those of ``get_layer_depth``: layer 0 is the patch
+    embedding with the class token (the position embedding is fixed), layer
+    ``k`` is block ``k``. Leading layers whose parameters are all frozen
+    (``requires_grad=False``) run under ``torch.no_grad``, so neither they
+    nor the class token enter the autograd graph.
+
+    Args:
+        out_indices (Sequence[int]): 0-based blocks whose outputs are
+            returned. Defaults to (1, 3, 9, 11): blocks 2, 4, 10, 12 of ViT-B.
+        **kwargs: :class:`mmpretrain.models.MAEViT` arguments
+            (``final_norm`` is off: each decoder normalises its input).
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (1, 3, 9, 11), **kwargs):
+        super().__init__(out_indices=list(out_indices), final_norm=False,
+                         **kwargs)
+
+    def layer_params(self) -> List[List[nn.Parameter]]:
+        """Trainable parameters of each layer, in ``get_layer_depth`` order."""
+        return [[*self.patch_embed.parameters(), self.cls_token]
+                ] + [list(layer.parameters()) for layer in self.layers]
+
+    def num_frozen_layers(self) -> int:
+        """Number of leading layers with no parameter requiring grad."""
+        n = 0
+        for params in self.layer_params():
+            if any(p.requires_grad for p in params):
+                break
+            n += 1
+        return n
+
+    def forward(self, x: torch.Tensor, mask: bool = True):
+        """(B, 3, H, W) -> (tuple of (B, 1 + L_vis, C) per out index,
+        (B, N) mask with 1 = masked, (B, N) ids_restore); without ``mask``
+        the plain ViT features."""
+        if not mask:
+            return super().forward(x, mask=None)
+        n_frozen = self.num_frozen_layers()
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and n_frozen == 0):
+            B = x.shape[0]
+            x = self.patch_embed(x)[0] + self.pos_embed[:, 1:]  # (B, N, C)
+            x, mask, ids_restore = self.random_masking(x, self.mask_ratio)
+            cls_token = (self.cls_token + self.pos_embed[:, :1]).expand(
+                B, -1, -1)
+            x = torch.cat([cls_token, x], dim=1)  # (B, 1 + L_vis, C)
+        outs = []
+        for i, layer in enumerate(self.layers[:max(self.out_indices) + 1]):
+            with torch.set_grad_enabled(grad and i + 1 >= n_frozen):
+                x = layer(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs), mask, ids_restore
+
+
+@MODELS.register_module()
+class LocalMIM(BaseSelfSupervisor):
+    """Local multi-scale masked image modeling.
+
+    Decoder ``k`` reads ``backbone.out_indices[k]`` and predicts the target
+    of ``target_generator.cell_sizes[k]``; the loss is the head's loss
+    (MSE) over the masked regions, summed over scales with equal weights.
+    At a scale coarser than the patch grid a cell is weighted by the
+    fraction of its patches that are masked.
+
+    Args:
+        backbone (dict): e.g. ``mmum.LocalMIMViT``; must return
+            ``(features, mask, ids_restore)`` and have ``num_frozen_layers``.
+        neck (dict): Template of the decoders (``mmum.LocalMIMDecoder``);
+            ``in_channels``, ``grid``, ``out_size`` and ``out_channels`` are
+            filled in for each scale.
+        head (dict): Loss head, e.g. ``mmpretrain.MIMHead`` with an L2
+            ``PixelReconstructionLoss``.
+        target_generator (dict): e.g. ``mmum.HOGTarget``.
+    """
+
+    def __init__(self, backbone: dict, neck: dict, head: dict,
+                 target_generator: dict, data_preprocessor=None,
+                 init_cfg=None) -> None:
+        super().__init__(backbone=backbone, head=head,
+                         target_generator=target_generator,
+                         data_preprocessor=data_preprocessor,
+                         init_cfg=init_cfg)
+        cells = self.target_generator.cell_sizes
+        out_indices = self.backbone.out_indices
+        if len(cells) != len(out_indices):
+            raise ValueError(
+                f'LocalMIM: {len(out_indices)} backbone out_indices '
+                f'{out_indices} but {len(cells)} target cell_sizes {cells}; '
+                'give one scale per decoder')
+        grid = self.backbone.patch_resolution
+        img = self.backbone.img_size
+        self.neck = nn.ModuleList(
+            MODELS.build(
+                dict(neck, in_channels=self.backbone.embed_dims, grid=grid,
+                     out_size=(img[0] // c, img[1] // c),
+                     out_channels=self.target_generator.out_channels))
+            for c in cells)
+        # decoder k is fed by layer decoder_layers[k] (get_layer_depth order)
+        self.decoder_layers = tuple(i + 1 for i in out_indices)
+        self.pruned_decoders = set()
+
+    def num_frozen_layers(self) -> int:
+        return self.backbone.num_frozen_layers()
+
+    def prune_decoder(self, k: int) -> List[nn.Parameter]:
+        """Drop decoder ``k`` and its target from the forward pass; returns
+        its parameters for the caller to remove from the optimizer."""
+        if not 0 <= k < len(self.neck):
+            raise ValueError(f'LocalMIM: no decoder {k}, there are '
+                             f'{len(self.neck)}')
+        self.pruned_decoders.add(k)
+        return list(self.neck[k].parameters())
+
+    def extract_feat(self, inputs: torch.Tensor):
+        return self.backbone(inputs, mask=None)
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[DataSample],
+             **kwargs) -> Dict[str, torch.Tensor]:
+        feats, mask, ids_restore = self.backbone(inputs)
+        active = [k for k in range(len(self.neck))
+                  if k not in self.pruned_decoders]
+        cells = self.target_generator.cell_sizes
+        targets = self.target_generator(inputs, [cells[k] for k in active])
+        B = inputs.shape[0]
+        mask = mask.view(B, 1, *self.backbone.patch_resolution)
+        losses = {}
+        for k, target in zip(active, targets):
+            pred = self.neck[k](feats[k], ids_restore)  # (B, h * w, C)
+            size = target.shape[-2:]
+            if size[0] >= mask.shape[-2]:
+                weight = F.interpolate(mask, size=size, mode='nearest')
+            else:  # fraction of masked patches in each coarse cell
+                weight = F.adaptive_avg_pool2d(mask, size)
+            losses[f'loss_{size[0]}x{size[1]}'] = self.head.loss(
+                pred, target.flatten(2).transpose(1, 2), weight.flatten(1))
+        return losses

@@ -1,0 +1,224 @@
+import math
+
+import pytest
+import torch
+
+import mmum  # noqa: F401
+from mmum.models.heads.hog_target import HOGTarget
+from mmum.models.necks.local_mim_decoder import LocalMIMDecoder
+from mmum.registry import MODELS
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Tiny models: op latency dominates, and OpenMP spinning on a shared
+    2-core machine makes them ~10x slower with more than one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2,
+                 feedforward_channels=64)
+
+
+def tiny_local_mim(**backbone):
+    """32² images, 8 px patches (4x4 grid), decoders on all 4 blocks with
+    targets at 16², 8², 4², 2² -- the ViT-B/16 224² layout scaled down."""
+    torch.manual_seed(0)
+    model = MODELS.build(
+        dict(
+            type='mmum.LocalMIM',
+            data_preprocessor=dict(type='mmpretrain.SelfSupDataPreprocessor',
+                                   mean=[0, 0, 0], std=[1, 1, 1]),
+            backbone=dict(type='mmum.LocalMIMViT', arch=TINY_ARCH, img_size=32,
+                          patch_size=8, out_indices=(0, 1, 2, 3),
+                          **backbone),
+            neck=dict(type='mmum.LocalMIMDecoder', embed_dims=16, num_heads=2),
+            head=dict(type='mmpretrain.MIMHead',
+                      loss=dict(type='mmpretrain.PixelReconstructionLoss',
+                                criterion='L2')),
+            target_generator=dict(type='mmum.HOGTarget', cell_sizes=(2, 4, 8,
+                                                                16))))
+    model.init_weights()
+    return model
+
+
+def naive_hog(img, cell, nbins=9):
+    """Per-pixel loops: the reference for the vectorised HOG."""
+    C, H, W = img.shape
+    p = torch.nn.functional.pad(img[None], (1, 1, 1, 1), mode='reflect')[0]
+    out = torch.zeros(C, nbins, H // cell, W // cell)
+    for c in range(C):
+        for y in range(H):
+            for x in range(W):
+                win = p[c, y:y + 3, x:x + 3]
+                gx = (win[:, 0] - win[:, 2]) @ torch.tensor([1., 2., 1.])
+                gy = (win[0] - win[2]) @ torch.tensor([1., 2., 1.])
+                ang = math.atan2(gy, gx)  # unsigned: fold into [0, pi)
+                ang = ang + math.pi if ang < 0 else ang
+                ang = ang - math.pi if ang >= math.pi else ang
+                b = min(int(ang / math.pi * nbins), nbins - 1)
+                out[c, b, y // cell, x // cell] += math.hypot(gx, gy)
+    norm = out.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return (out / norm).flatten(0, 1)
+
+
+def test_hog_matches_naive_reference():
+    torch.manual_seed(0)
+    img = torch.rand(2, 3, 16, 16)
+    hog = HOGTarget(cell_sizes=(4, 8, 16))
+    targets = hog(img)
+    assert [t.shape for t in targets] == [(2, 27, 4, 4), (2, 27, 2, 2),
+                                          (2, 27, 1, 1)]
+    for t, cell in zip(targets, (4, 8, 16)):
+        torch.testing.assert_close(t[1], naive_hog(img[1], cell), atol=1e-5,
+                                   rtol=1e-4)
+    # unsigned orientation: negating the image flips every gradient
+    for a, b in zip(targets, hog(-img)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # every (channel, cell) histogram has unit L2 norm
+    norms = targets[0].unflatten(1, (3, 9)).norm(dim=2)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_hog_bad_input():
+    with pytest.raises(ValueError, match='multiples'):
+        HOGTarget(cell_sizes=(4, 6))
+    with pytest.raises(ValueError, match='multiples of 32'):
+        HOGTarget()(torch.rand(1, 3, 48, 48))
+
+
+@pytest.mark.parametrize('out_size', [56, 28, 14, 7])
+def test_decoder_scales(out_size):
+    dec = LocalMIMDecoder(in_channels=32, grid=14, out_size=out_size,
+                          out_channels=27)
+    ids_restore = torch.rand(2, 196).argsort(dim=1)
+    x = torch.rand(2, 1 + 49, 32)  # cls + 25% visible tokens
+    assert dec(x, ids_restore).shape == (2, out_size**2, 27)
+
+
+def test_decoder_bad_scale():
+    with pytest.raises(ValueError, match='out_size'):
+        LocalMIMDecoder(in_channels=32, grid=14, out_size=20,
+                        out_channels=27)
+
+
+def test_vit_b_layout():
+    """ViT-B/16: decoders on blocks 2, 4, 10, 12 -> 56², 28², 14², 7²."""
+    model = MODELS.build(
+        dict(type='mmum.LocalMIM',
+             data_preprocessor=dict(type='mmpretrain.SelfSupDataPreprocessor'),
+             backbone=dict(type='mmum.LocalMIMViT', arch='b'),
+             neck=dict(type='mmum.LocalMIMDecoder'),
+             head=dict(type='mmpretrain.MIMHead',
+                       loss=dict(type='mmpretrain.PixelReconstructionLoss',
+                                 criterion='L2')),
+             target_generator=dict(type='mmum.HOGTarget')))
+    assert model.decoder_layers == (2, 4, 10, 12)
+    assert [d.resize.__class__.__name__ for d in model.neck] == [
+        'ConvTranspose2d', 'ConvTranspose2d', 'Identity', 'MaxPool2d']
+    assert model.neck[0].block.attn.num_heads == 8
+    assert model.neck[0].embed.out_features == 256
+    assert model.backbone.mask_ratio == 0.75
+    assert model.get_layer_depth('backbone.layers.1.ffn.layers.0.0.weight'
+                                 )[0] == 2
+
+
+def test_loss_and_masked_regions():
+    model = tiny_local_mim()
+    img = torch.rand(2, 3, 32, 32)
+    losses = model.loss(img, None)
+    assert sorted(losses) == ['loss_16x16', 'loss_2x2', 'loss_4x4',
+                              'loss_8x8']
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.neck[0].pred.weight.grad is not None
+    # 75% masking: 4 of 16 patches visible (+ class token)
+    feats, mask, _ = model.backbone(img)
+    assert feats[0].shape == (2, 5, 32) and mask.sum(1).tolist() == [12, 12]
+
+
+def test_only_masked_regions_count():
+    model = tiny_local_mim()
+    img = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(1)
+    feats, mask, ids = model.backbone(img)
+    target = model.target_generator(img, [8])[0]  # (2, 27, 4, 4) = grid
+    pred = model.neck[2](feats[2], ids)
+    target = target.flatten(2).transpose(1, 2)
+    loss = model.head.loss(pred, target, mask)
+    moved = pred + 5 * (1 - mask)[..., None]  # change visible cells only
+    torch.testing.assert_close(model.head.loss(moved, target, mask), loss)
+
+
+def reachable_params(loss):
+    """Parameters whose AccumulateGrad node the backward graph reaches."""
+    seen, stack, params = set(), [loss.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, 'variable'):
+            params.add(id(fn.variable))
+        stack.extend(f for f, _ in fn.next_functions)
+    return params, len(seen)
+
+
+def test_frozen_prefix_leaves_the_graph():
+    model = tiny_local_mim()
+    img = torch.rand(2, 3, 32, 32)
+    full, n_full = reachable_params(sum(model.loss(img, None).values()))
+    bb = model.backbone
+    assert id(bb.cls_token) in full  # the check below can see the prefix
+    # freeze layers 0 (patch embed + cls token) and 1 (block 1)
+    frozen = [p for params in bb.layer_params()[:2] for p in params]
+    for p in frozen:
+        p.requires_grad_(False)
+    assert bb.num_frozen_layers() == 2
+    fired = []
+    for m in [bb.patch_embed, bb.layers[0]]:
+        m.register_forward_hook(
+            lambda m, i, o: fired.append(
+                (o[0] if isinstance(o, tuple) else o).requires_grad))
+    loss = sum(model.loss(img, None).values())
+    reach, n_nodes = reachable_params(loss)
+    assert fired == [False, False]  # ran without autograd
+    assert not reach & {id(p) for p in frozen}
+    assert id(bb.layers[1].attn.qkv.weight) in reach
+    assert n_nodes < n_full
+    loss.backward()
+    assert all(p.grad is None for p in frozen)
+    assert bb.layers[1].attn.qkv.weight.grad is not None
+
+
+def test_frozen_prefix_same_values():
+    """Freezing changes what autograd records, not the numbers."""
+    model = tiny_local_mim()
+    img = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(3)
+    ref = model.loss(img, None)
+    for params in model.backbone.layer_params()[:3]:
+        for p in params:
+            p.requires_grad_(False)
+    torch.manual_seed(3)
+    out = model.loss(img, None)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k])
+
+
+def test_mismatched_scales():
+    with pytest.raises(ValueError, match='one scale per decoder'):
+        MODELS.build(
+            dict(type='mmum.LocalMIM',
+                 data_preprocessor=dict(
+                     type='mmpretrain.SelfSupDataPreprocessor'),
+                 backbone=dict(type='mmum.LocalMIMViT', arch=TINY_ARCH,
+                               img_size=32, patch_size=8, out_indices=(1, 3)),
+                 neck=dict(type='mmum.LocalMIMDecoder'),
+                 head=dict(type='mmpretrain.MIMHead',
+                           loss=dict(type='mmpretrain.PixelReconstructionLoss',
+                                     criterion='L2')),
+                 target_generator=dict(type='mmum.HOGTarget')))
