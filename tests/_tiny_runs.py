@@ -56,3 +56,40 @@ def run_tool(args, env=None, timeout=600):
 
 def python():
     return sys.executable
+
+
+def make_imagenet_folder(root, num=8, size=288, seed=0):
+    """mmpretrain's ImageNet layout with ``num`` photo crops:
+    ``root/train/*.png`` and ``root/meta/train.txt`` (``name label``)."""
+    import cv2
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea()]
+    rng = np.random.default_rng(seed)
+    os.makedirs(osp.join(root, 'train'), exist_ok=True)
+    os.makedirs(osp.join(root, 'meta'), exist_ok=True)
+    lines = []
+    for i in range(num):
+        img = photos[i % len(photos)]
+        y = rng.integers(img.shape[0] - size + 1)
+        x = rng.integers(img.shape[1] - size + 1)
+        crop = np.ascontiguousarray(img[y:y + size, x:x + size, ::-1])
+        cv2.imwrite(osp.join(root, 'train', f'{i}.png'), crop)
+        lines.append(f'{i}.png {i % len(photos)}\n')
+    with open(osp.join(root, 'meta', 'train.txt'), 'w') as f:
+        f.writelines(lines)
+    return root
+
+
+def load_tool(name):
+    """Import ``tools/<name>.py`` as a module (``tools`` is no package and
+    ``test`` would clash with the standard library)."""
+    import importlib.util
+    mod_name = f'mmum_tools_{name}'
+    if mod_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            mod_name, osp.join(ROOT, 'tools', f'{name}.py'))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[mod_name] = module
+    return sys.modules[mod_name]

@@ -19,7 +19,7 @@ import mmum  # noqa: F401  applies the shims
 from mmum.utils import compat
 from mmum.utils.dist import cpu_fallback_amp, setup_cpu_distributed
 
-from _tiny_runs import TINY_CFG, free_port, make_image_folder
+from _tiny_runs import TINY_CFG, free_port, load_tool, make_image_folder
 
 
 class _NotAllowed:
@@ -34,10 +34,7 @@ def _names(globals_):
 @pytest.fixture(scope='module')
 def runner_checkpoint(tmp_path_factory):
     """A checkpoint written by mmengine's Runner (tools/train.py, 2 iters)."""
-    import sys
-    from _tiny_runs import ROOT
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import train as train_tool
+    train_tool = load_tool('train')
     tmp = tmp_path_factory.mktemp('compat')
     data = make_image_folder(str(tmp / 'images'), per_class=2)
     train_tool.main([

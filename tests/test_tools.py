@@ -10,18 +10,17 @@
 import glob
 import os
 import os.path as osp
+import pickle
 import re
-import sys
 import uuid
 
 import pytest
 import torch
 
-from _tiny_runs import (ROOT, TINY_CFG, free_port, make_image_folder,
-                        run_tool)
+from _tiny_runs import (ROOT, TINY_CFG, free_port, load_tool,
+                        make_image_folder, make_imagenet_folder, run_tool)
 
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import train as train_tool  # noqa: E402  tools/train.py
+train_tool = load_tool('train')
 
 
 def _tiny_args(work_dir, data_root, *extra_opts, resume=None):
@@ -58,25 +57,33 @@ def data_root(tmp_path_factory):
     return make_image_folder(str(tmp_path_factory.mktemp('tiny_images')))
 
 
-def test_resume_through_runner(tmp_path, data_root, monkeypatch):
-    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
-    full, part = tmp_path / 'full', tmp_path / 'part'
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory, data_root):
+    """4 uninterrupted iterations, checkpoints at 2 and 4."""
+    os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+    full = tmp_path_factory.mktemp('full_run')
     runner = train_tool.main(_tiny_args(full, data_root))
-    assert _trained_iters(runner) == [1, 2, 3, 4, 5, 6]
-    assert sorted(os.listdir(full)).count('iter_3.pth') == 1
+    assert _trained_iters(runner) == [1, 2, 3, 4]
+    return full
+
+
+def test_resume_through_runner(tmp_path, data_root, full_run):
+    full, part = full_run, tmp_path / 'part'
+    assert sorted(p for p in os.listdir(full) if p.endswith('.pth')) == \
+        ['iter_2.pth', 'iter_4.pth']
 
     # resume from the middle checkpoint into a fresh work dir
     runner = train_tool.main(
-        _tiny_args(part, data_root, resume=full / 'iter_3.pth'))
-    assert _trained_iters(runner) == [4, 5, 6]
-    assert runner.iter == 6
+        _tiny_args(part, data_root, resume=full / 'iter_2.pth'))
+    assert _trained_iters(runner) == [3, 4]
+    assert runner.iter == 4
 
-    a, b = _load(full / 'iter_6.pth'), _load(part / 'iter_6.pth')
-    assert a['meta']['iter'] == b['meta']['iter'] == 6
+    a, b = _load(full / 'iter_4.pth'), _load(part / 'iter_4.pth')
+    assert a['meta']['iter'] == b['meta']['iter'] == 4
     _assert_same_state(a['state_dict'], b['state_dict'])
-    # AdamW's step counter only reaches 6 if its state was restored at 3
+    # AdamW's step counter only reaches 4 if its state was restored at 2
     steps = {float(s['step']) for s in b['optimizer']['state'].values()}
-    assert steps == {6.0}
+    assert steps == {4.0}
     assert a['param_schedulers'] == b['param_schedulers']
     for sa, sb in zip(a['optimizer']['state'].values(),
                       b['optimizer']['state'].values()):
@@ -84,8 +91,23 @@ def test_resume_through_runner(tmp_path, data_root, monkeypatch):
 
     # bare --resume picks the latest checkpoint of the work dir
     runner = train_tool.main(
-        _tiny_args(full, data_root, 'train_cfg.max_iters=8', resume='auto'))
-    assert _trained_iters(runner) == [7, 8]
+        _tiny_args(part, data_root, 'train_cfg.max_iters=5', resume='auto'))
+    assert _trained_iters(runner) == [5]
+
+
+def test_test_tool(tmp_path, data_root, full_run):
+    out = tmp_path / 'preds.pkl'
+    metrics = load_tool('test').main([
+        TINY_CFG, str(full_run / 'iter_4.pth'), '--work-dir', str(tmp_path),
+        '--out', str(out), '--cfg-options',
+        f'test_dataloader.dataset.data_root={data_root}',
+        f'experiment_name=t{uuid.uuid4().hex[:8]}'])
+    assert 0 <= metrics['accuracy/top1'] <= 100
+    with open(out, 'rb') as f:
+        assert len(pickle.load(f)) == 8  # one prediction per image
+
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        load_tool('test').main([TINY_CFG, str(tmp_path / 'missing.pth')])
 
 
 def test_amp_flag_falls_back_to_fp32_without_cuda(tmp_path, data_root):
@@ -121,7 +143,7 @@ def run_tool_expect_fail(args):
     return proc
 
 
-@pytest.mark.slow  # two torchrun launches of 2 processes: ~70 s
+@pytest.mark.slow  # three torchrun launches of 2 processes: ~100 s
 def test_dist_train_two_cpu_processes_and_resume(tmp_path, data_root):
     work = tmp_path / 'work'
     opts = [f'train_dataloader.dataset.data_root={data_root}',
@@ -144,3 +166,57 @@ def test_dist_train_two_cpu_processes_and_resume(tmp_path, data_root):
     a, b = _load(work / 'iter_4.pth'), _load(resumed / 'iter_4.pth')
     assert b['meta']['iter'] == 4
     _assert_same_state(a['state_dict'], b['state_dict'])
+
+    # dist_test.sh: both ranks evaluate, rank 0 dumps all 8 predictions
+    out = tmp_path / 'preds.pkl'
+    env['PORT'] = str(free_port())
+    run_tool(['bash', 'tools/dist_test.sh', TINY_CFG,
+              str(resumed / 'iter_4.pth'), '2', '--work-dir',
+              str(tmp_path / 'test'), '--out', str(out), '--cfg-options',
+              f'test_dataloader.dataset.data_root={data_root}'], env=env)
+    with open(out, 'rb') as f:
+        assert len(pickle.load(f)) == 8
+
+
+def _swin_t_opts(data_root, max_iters):
+    """Shrink configs/um_mae/swin_t_200e.py to a few CPU iterations on a
+    small ImageNet-layout folder; the model and pipeline stay as they are."""
+    return [
+        f'train_dataloader.dataset.data_root={data_root}',
+        'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'train_cfg._delete_=True', 'train_cfg.type=IterBasedTrainLoop',
+        f'train_cfg.max_iters={max_iters}',
+        'default_hooks.checkpoint.by_epoch=False',
+        'default_hooks.checkpoint.interval=2',
+        'default_hooks.logger.interval=1', 'log_processor.by_epoch=False',
+        'optim_wrapper.accumulative_counts=1'
+    ]
+
+
+@pytest.mark.slow  # two torchrun launches of 2 Swin-T processes: ~2 min
+def test_dist_train_um_mae_swin_t_200e_two_cpu_processes(tmp_path):
+    data = make_imagenet_folder(str(tmp_path / 'imagenet'))
+    cfg = osp.join(ROOT, 'configs', 'um_mae', 'swin_t_200e.py')
+    work = tmp_path / 'work'
+    proc = run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir',
+                     str(work), '--cfg-options', *_swin_t_opts(data, 2)],
+                    env={'PORT': str(free_port())})
+    assert 'training in fp32' in proc.stderr  # the config asks for AMP
+    assert sorted(p for p in os.listdir(work) if p.endswith('.pth')) == \
+        ['iter_2.pth']
+    assert _trained_iters(str(work)) == [1, 2]
+    ckpt = _load(work / 'iter_2.pth')
+    assert ckpt['meta']['iter'] == 2
+    assert {float(s['step']) for s in ckpt['optimizer']['state'].values()} \
+        == {2.0}
+
+    # the config sets resume=True; --resume without a path picks iter_2
+    run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir',
+              str(work), '--resume', '--cfg-options', *_swin_t_opts(data, 3)],
+             env={'PORT': str(free_port())})
+    assert _trained_iters(str(work)) == [3]
+    ckpt = _load(work / 'iter_3.pth')
+    assert ckpt['meta']['iter'] == 3
+    assert {float(s['step']) for s in ckpt['optimizer']['state'].values()} \
+        == {3.0}

@@ -1,6 +1,6 @@
 # A tiny classifier trained by iterations on CPU, for the tools/resume tests.
-# Point ``train_dataloader.dataset.data_root`` at a folder with one
-# sub-folder per class (see tests/test_tools.py::make_image_folder).
+# Point ``{train,test}_dataloader.dataset.data_root`` at a folder with one
+# sub-folder per class (see tests/_tiny_runs.py::make_image_folder).
 default_scope = 'mmpretrain'
 custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
@@ -29,20 +29,36 @@ train_dataloader = dict(
             dict(type='PackInputs'),
         ]))
 
+test_dataloader = dict(
+    batch_size=2,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(
+        type='CustomDataset',
+        data_root='data/tiny',
+        pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='Resize', scale=(32, 32)),
+            dict(type='PackInputs'),
+        ]))
+test_evaluator = dict(type='Accuracy', topk=(1, ))
+test_cfg = dict()
+
 optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.95),
                    weight_decay=0.05))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=2, end=6),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=2, end=4),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=6)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=4)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=1),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=3),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
 env_cfg = dict(cudnn_benchmark=False,
