@@ -1,5 +1,6 @@
 from mmpretrain.models import SwinTransformer
 
+from mmum.models.layers.conv_patch_merging import ConvPatchMerging
 from mmum.models.layers.cpb_window_attention import CPBShiftWindowMSA
 from mmum.registry import MODELS
 from .pretrained_keys import check_pretrained_keys
@@ -20,11 +21,25 @@ class CPBSwinTransformer(SwinTransformer):
 
     Args:
         cpb_hidden_dims (int): Width of the bias MLP. Defaults to 256.
+        patch_merging (str): ``'linear'`` (mmpretrain's ``PatchMerging``) or
+            ``'conv'`` (:class:`ConvPatchMerging`, the layout of the official
+            UM-MAE release, needed to import its weights). Defaults to
+            ``'linear'``.
         **kwargs: Arguments of mmpretrain's ``SwinTransformer``.
     """
 
-    def __init__(self, *args, cpb_hidden_dims: int = 256, **kwargs) -> None:
+    def __init__(self, *args, cpb_hidden_dims: int = 256,
+                 patch_merging: str = 'linear', **kwargs) -> None:
+        if patch_merging not in ('linear', 'conv'):
+            raise ValueError(f"patch_merging must be 'linear' or 'conv', got "
+                             f'{patch_merging!r}')
         super().__init__(*args, **kwargs)
+        if patch_merging == 'conv':
+            for stage in self.stages:
+                if stage.downsample is not None:
+                    old = stage.downsample
+                    stage.downsample = ConvPatchMerging(
+                        old.in_channels, old.out_channels, old.norm.eps)
         for stage in self.stages:
             for block in stage.blocks:
                 old = block.attn

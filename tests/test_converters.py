@@ -1,0 +1,369 @@
+"""Checkpoint tools: backbone extraction, the official UM-MAE importer and
+the reconstruction visualiser."""
+import copy
+import importlib.util
+import math
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+
+import mmum  # noqa: F401
+from mmum.registry import MODELS
+
+
+def load_tool(path):
+    spec = importlib.util.spec_from_file_location(path.replace('/', '_'),
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+extract = load_tool('tools/model_converters/extract_backbone.py')
+official = load_tool('tools/model_converters/um_mae_official_to_mmum.py')
+visualize = load_tool('tools/analysis_tools/visualize_reconstruction.py')
+
+SWIN = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
+PVT = dict(embed_dims=[32, 32, 64, 64], depths=[1, 1, 2, 1],
+           num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
+DEC = dict(decoder_embed_dim=64, decoder_num_heads=4, decoder_depth=2)
+
+
+def um_mae_cfg(arch, official_layout=False):
+    path = dict(swin='configs/um_mae/swin_t_200e.py',
+                pvt='configs/um_mae/pvt_s_200e.py')[arch]
+    cfg = copy.deepcopy(Config.fromfile(path).model)
+    cfg.backbone.arch = SWIN if arch == 'swin' else PVT
+    cfg.neck.update(embed_dim=256 if arch == 'swin' else 64, **DEC)
+    if official_layout:
+        cfg.neck.type = 'mmum.UMMAEEmbedFirstDecoder'
+        if arch == 'swin':
+            cfg.backbone.update(patch_merging='conv', cpb_hidden_dims=32)
+    return cfg
+
+
+# -- extract_backbone --------------------------------------------------------
+def test_extract_backbone_loads_strictly(tmp_path, monkeypatch):
+    model = MODELS.build(um_mae_cfg('pvt'))
+    src, dst = str(tmp_path / 'pre.pth'), str(tmp_path / 'bb.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {'epoch': 3}}, src)
+    monkeypatch.setattr(sys, 'argv', ['x', src, dst])
+    extract.main()
+    out = torch.load(dst)
+    assert 'mask_token' not in out['state_dict']
+    assert out['meta']['epoch'] == 3
+    ft = MODELS.build(dict(type='mmum.PVT', arch=PVT, img_size=128))
+    ft.load_state_dict(out['state_dict'], strict=True)
+    kept = extract.extract_backbone(torch.load(src), keep_mask_token=True)
+    assert 'mask_token' in kept
+    # and a fine-tuning backbone loads the small file without a prefix
+    ft = MODELS.build(dict(type='mmum.PVT', arch=PVT, init_cfg=dict(
+        type='Pretrained', checkpoint=dst)))
+    ft.init_weights()
+    assert torch.equal(ft.norm3.weight, model.backbone.norm3.weight)
+
+
+def test_extract_backbone_refuses_other_checkpoints():
+    with pytest.raises(ValueError, match="no 'backbone.' keys.*'blocks'"):
+        extract.extract_backbone({'model': 1, 'blocks.0.w': 1})
+    with pytest.raises(ValueError, match='not a checkpoint'):
+        extract.extract_backbone([1, 2])
+
+
+# -- official importer ---------------------------------------------------------
+def _r(*shape):
+    return torch.randn(*shape) * 0.1
+
+
+def _ln(sd, name, dim):
+    sd[f'{name}.weight'] = 1 + _r(dim)
+    sd[f'{name}.bias'] = _r(dim)
+
+
+def _linear(sd, name, i, o, bias=True):
+    sd[f'{name}.weight'] = _r(o, i)
+    if bias:
+        sd[f'{name}.bias'] = _r(o)
+
+
+def official_decoder(sd, enc_dim, D=64, depth=2, L=256, p=16):
+    _linear(sd, 'decoder_embed', enc_dim, 4 * D)
+    sd['mask_token'] = _r(1, 1, D)
+    sd['decoder_pos_embed'] = _r(1, L, D)
+    for i in range(depth):
+        b = f'decoder_blocks.{i}'
+        _ln(sd, f'{b}.norm1', D)
+        _linear(sd, f'{b}.attn.qkv', D, 3 * D)
+        _linear(sd, f'{b}.attn.proj', D, D)
+        _ln(sd, f'{b}.norm2', D)
+        _linear(sd, f'{b}.mlp.fc1', D, 4 * D)
+        _linear(sd, f'{b}.mlp.fc2', 4 * D, D)
+    _ln(sd, 'decoder_norm', D)
+    _linear(sd, 'decoder_pred', D, p * p * 3)
+
+
+def official_swin_state(C=32, depths=(2, 2, 2, 2), heads=(2, 2, 4, 4),
+                        hidden=32):
+    """Random tensors in the official ``MaskedAutoencoderSwin`` layout."""
+    torch.manual_seed(0)
+    sd = {'vis_mask_token': _r(1, 1, C),
+          'patch_embed.proj.weight': _r(C, 3, 4, 4),
+          'patch_embed.proj.bias': _r(C)}
+    _ln(sd, 'patch_embed.norm', C)
+    k = 0
+    for s, (depth, h) in enumerate(zip(depths, heads)):
+        d = C * 2**s
+        for j in range(depth):
+            b = f'blocks.{k}'
+            if s > 0 and j == 0:
+                _ln(sd, f'{b}.downsample.norm', d // 2)
+                sd[f'{b}.downsample.proj.weight'] = _r(d, d // 2, 2, 2)
+                sd[f'{b}.downsample.proj.bias'] = _r(d)
+            _ln(sd, f'{b}.norm1', d)
+            sd[f'{b}.attn.posmlp.0.weight'] = _r(hidden, 2, 1, 1) * 10
+            sd[f'{b}.attn.posmlp.0.bias'] = _r(hidden)
+            sd[f'{b}.attn.posmlp.2.weight'] = _r(h, hidden, 1, 1) * 10
+            sd[f'{b}.attn.posmlp.2.bias'] = _r(h) * 10
+            _linear(sd, f'{b}.attn.qkv', d, 3 * d)
+            _linear(sd, f'{b}.attn.proj', d, d)
+            _ln(sd, f'{b}.norm2', d)
+            _linear(sd, f'{b}.mlp.fc1', d, 4 * d)
+            _linear(sd, f'{b}.mlp.fc2', 4 * d, d)
+            k += 1
+    _ln(sd, 'norm', C * 8)
+    official_decoder(sd, C * 8)
+    return sd
+
+
+def official_pvt_state(p=PVT, img=256):
+    """Random tensors in the official ``MaskedAutoencoderPVT`` layout."""
+    torch.manual_seed(0)
+    dims = p['embed_dims']
+    sd = {'vis_mask_token': _r(1, 1, dims[0]),
+          'pos_embed': _r(1, (img // 4)**2, dims[0]),
+          'patch_embed.proj.weight': _r(dims[0], 3, 4, 4),
+          'patch_embed.proj.bias': _r(dims[0])}
+    k = 0
+    for s, depth in enumerate(p['depths']):
+        d, hid = dims[s], int(dims[s] * p['mlp_ratios'][s])
+        for j in range(depth):
+            b = f'blocks.{k}'
+            if s > 0 and j == 0:
+                sd[f'{b}.downsample.proj.weight'] = _r(d, dims[s - 1], 2, 2)
+                sd[f'{b}.downsample.proj.bias'] = _r(d)
+            _ln(sd, f'{b}.norm1', d)
+            _linear(sd, f'{b}.attn.q', d, d)
+            _linear(sd, f'{b}.attn.kv', d, 2 * d)
+            _linear(sd, f'{b}.attn.proj', d, d)
+            sd[f'{b}.attn.sr.weight'] = _r(d, d, 1, 1)
+            sd[f'{b}.attn.sr.bias'] = _r(d)
+            _ln(sd, f'{b}.attn.norm', d)
+            _ln(sd, f'{b}.norm2', d)
+            _linear(sd, f'{b}.mlp.fc1', d, hid)
+            _linear(sd, f'{b}.mlp.fc2', hid, d)
+            k += 1
+    _ln(sd, 'norm', dims[-1])
+    official_decoder(sd, dims[-1])
+    return sd
+
+
+def official_pvt_forward(sd, x, p=PVT, sr=(8, 4, 2, 1)):
+    """The official PVT's fine-tuning forward, written from its layout."""
+    ln = lambda t, n, eps=1e-6: F.layer_norm(  # noqa: E731
+        t, t.shape[-1:], sd[f'{n}.weight'], sd[f'{n}.bias'], eps)
+    lin = lambda t, n: F.linear(t, sd[f'{n}.weight'], sd[f'{n}.bias'])  # noqa
+    x = F.conv2d(x, sd['patch_embed.proj.weight'], sd['patch_embed.proj.bias'],
+                 stride=4)
+    B, C, H, W = x.shape
+    x = x.flatten(2).transpose(1, 2) + sd['pos_embed']
+    k = 0
+    for s, depth in enumerate(p['depths']):
+        for j in range(depth):
+            b = f'blocks.{k}'
+            if s > 0 and j == 0:
+                x = F.conv2d(x.transpose(1, 2).reshape(B, -1, H, W),
+                             sd[f'{b}.downsample.proj.weight'],
+                             sd[f'{b}.downsample.proj.bias'], stride=2)
+                B, C, H, W = x.shape
+                x = x.flatten(2).transpose(1, 2)
+            h = p['num_heads'][s]
+            t = ln(x, f'{b}.norm1')
+            q = lin(t, f'{b}.attn.q').view(B, -1, h, C // h).transpose(1, 2)
+            y = F.avg_pool2d(t.transpose(1, 2).reshape(B, C, H, W), sr[s])
+            y = F.conv2d(y, sd[f'{b}.attn.sr.weight'], sd[f'{b}.attn.sr.bias'])
+            y = ln(y.flatten(2).transpose(1, 2), f'{b}.attn.norm', 1e-5)
+            kv = lin(y, f'{b}.attn.kv').view(B, -1, 2, h, C // h)
+            kk, v = kv.permute(2, 0, 3, 1, 4)
+            a = (q @ kk.transpose(-1, -2) * (C // h)**-.5).softmax(-1)
+            x = x + lin((a @ v).transpose(1, 2).reshape(B, -1, C),
+                        f'{b}.attn.proj')
+            t = lin(F.gelu(lin(ln(x, f'{b}.norm2'), f'{b}.mlp.fc1')),
+                    f'{b}.mlp.fc2')
+            x = x + t
+            k += 1
+    return ln(x, 'norm').transpose(1, 2).reshape(B, C, H, W)
+
+
+@pytest.mark.parametrize('arch', ['swin', 'pvt'])
+def test_official_layout_round_trip(arch):
+    sd = official_swin_state() if arch == 'swin' else official_pvt_state()
+    converted, detected = official.official_to_mmum(sd)
+    assert detected == arch
+    model = MODELS.build(um_mae_cfg(arch, official_layout=True))
+    # strict: every tensor has a place and every place a tensor
+    model.load_state_dict(converted, strict=True)
+    back = official.mmum_to_official(converted, arch)
+    assert set(back) == set(sd)
+    lossy = set()
+    if arch == 'swin':  # the two documented, function-preserving rewrites
+        lossy = {k for k in sd if k.endswith('posmlp.2.bias')}
+        lossy.add('vis_mask_token')
+        assert all((back[k] == 0).all() for k in lossy - {'vis_mask_token'})
+    for k in set(sd) - lossy:
+        assert torch.allclose(back[k], sd[k], atol=1e-6), k
+    # mmum -> official -> mmum is exact
+    again, _ = official.official_to_mmum(back)
+    if arch == 'swin':
+        again['backbone.mask_token'] = converted['backbone.mask_token']
+    assert all(torch.allclose(again[k], converted[k], atol=1e-6)
+               for k in converted)
+    # the imported model trains
+    x = torch.randn(1, 3, 256, 256)
+    from mmpretrain.structures import DataSample
+
+    from mmum.datasets.transforms import UniformMasking
+    mask, sec = UniformMasking().sample(16, 16)
+    ds = DataSample()
+    ds.set_mask(torch.from_numpy(mask))
+    ds.set_field(torch.from_numpy(sec), 'secondary_mask')
+    assert torch.isfinite(model.loss(x, [ds])['loss'])
+
+
+def test_official_pvt_forward_is_equal():
+    sd = official_pvt_state()
+    converted, _ = official.official_to_mmum(sd)
+    backbone = {k[9:]: v for k, v in converted.items()
+                if k.startswith('backbone.')}
+    model = MODELS.build(dict(type='mmum.PVT', arch=PVT, img_size=256))
+    model.load_state_dict(backbone, strict=True)
+    model.eval()
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        want = official_pvt_forward(sd, x)
+        got = model(x)[-1]
+    assert (got - want).abs().max() < 1e-5
+
+
+def test_official_swin_pieces_are_equal():
+    """The rewritten parts compute what the official ones compute: the
+    bias MLP (ln coordinates, output bias) inside the window softmax, the
+    LayerNorm + conv patch merging and the normalised mask token."""
+    sd = official_swin_state()
+    converted, _ = official.official_to_mmum(sd)
+    model = MODELS.build(um_mae_cfg('swin', official_layout=True)).backbone
+    model.load_state_dict(
+        {k[9:]: v for k, v in converted.items() if k.startswith('backbone.')})
+    # window attention of block 2 (stage 1, block 0), window 8, no shift
+    attn = model.stages[1].blocks[0].attn.w_msa
+    b, heads, win = 'blocks.2', 2, 8
+    x = torch.randn(3, win * win, 64)
+    ys, xs = torch.meshgrid(torch.arange(win), torch.arange(win),
+                            indexing='ij')
+    pos = torch.stack([ys.flatten(), xs.flatten()]).float()  # 2, N
+    rel = pos[:, None, :] - pos[:, :, None]  # official: key minus query
+    rel = torch.sign(rel) * torch.log(1 + rel.abs())
+    hidden = F.relu(F.conv2d(rel[None], sd[f'{b}.attn.posmlp.0.weight'],
+                             sd[f'{b}.attn.posmlp.0.bias']))
+    bias = F.conv2d(hidden, sd[f'{b}.attn.posmlp.2.weight'],
+                    sd[f'{b}.attn.posmlp.2.bias'])[0]  # heads, N, N
+    qkv = F.linear(x, sd[f'{b}.attn.qkv.weight'], sd[f'{b}.attn.qkv.bias'])
+    q, k, v = qkv.view(3, -1, 3, heads, 32).permute(2, 0, 3, 1, 4)
+    a = (q @ k.transpose(-1, -2) * 32**-.5 + bias).softmax(-1)
+    want = F.linear((a @ v).transpose(1, 2).reshape(3, -1, 64),
+                    sd[f'{b}.attn.proj.weight'], sd[f'{b}.attn.proj.bias'])
+    with torch.no_grad():
+        assert (attn(x) - want).abs().max() < 1e-5
+    # patch merging before stage 1
+    t = torch.randn(2, 16 * 16, 32)
+    n = F.layer_norm(t, (32, ), sd[f'{b}.downsample.norm.weight'],
+                     sd[f'{b}.downsample.norm.bias'], 1e-5)
+    want = F.conv2d(n.transpose(1, 2).reshape(2, 32, 16, 16),
+                    sd[f'{b}.downsample.proj.weight'],
+                    sd[f'{b}.downsample.proj.bias'], stride=2)
+    got, hw = model.stages[0].downsample(t, (16, 16))
+    assert hw == (8, 8)
+    assert torch.allclose(got, want.flatten(2).transpose(1, 2), atol=1e-6)
+    # the mask token replaces the *normalised* patch embedding
+    token = F.layer_norm(sd['vis_mask_token'], (32, ),
+                         sd['patch_embed.norm.weight'],
+                         sd['patch_embed.norm.bias'], 1e-6)
+    assert torch.allclose(model.mask_token, token)
+
+
+def test_importer_refuses_other_layouts():
+    with pytest.raises(ValueError, match='not an official UM-MAE checkpoint'):
+        official.official_to_mmum({'backbone.stages.0.w': torch.zeros(1)})
+    sd = official_pvt_state()
+    sd['blocks.0.attn.relative_position_bias_table'] = torch.zeros(3)
+    with pytest.raises(ValueError, match='no mmum counterpart.*relative'):
+        official.official_to_mmum(sd)
+    with pytest.raises(ValueError, match="'swin' or 'pvt'"):
+        official.mmum_to_official({}, 'vit')
+    # a converted PVT does not load into a Swin
+    converted, _ = official.official_to_mmum(official_pvt_state())
+    swin = MODELS.build(um_mae_cfg('swin', official_layout=True))
+    with pytest.raises(ValueError, match='another architecture'):
+        swin.load_state_dict(converted)
+
+
+# -- visualiser ----------------------------------------------------------------
+def test_visualiser_writes_png(tmp_path, monkeypatch):
+    cfg = Config.fromfile('configs/um_mae/swin_t_200e.py')
+    cfg.model = um_mae_cfg('swin')
+    cfg_path = str(tmp_path / 'tiny.py')
+    cfg.dump(cfg_path)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    ckpt = str(tmp_path / 'tiny.pth')
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    images = []
+    for i, size in enumerate([(300, 260), (256, 400)]):
+        yy, xx = np.mgrid[:size[0], :size[1]]
+        img = np.stack([xx % 255, yy % 255, (xx + yy) % 255], -1)
+        images.append(str(tmp_path / f'{i}.png'))
+        cv2.imwrite(images[-1], img.astype(np.uint8))
+    out = str(tmp_path / 'x.png')
+    monkeypatch.setattr(
+        sys, 'argv', ['x', cfg_path, ckpt, *images, '--out', out])
+    visualize.main()
+    png = cv2.imread(out)
+    assert png is not None and png.shape[0] > 2 * 256 and \
+        png.shape[1] > 4 * 256
+
+
+def test_visualiser_uses_visible_statistics():
+    """Dropped patches are de-normalised with their cell's visible patch."""
+    model = MODELS.build(um_mae_cfg('swin'))
+    from mmpretrain.structures import DataSample
+
+    from mmum.datasets.transforms import UniformMasking
+    mask, sec = UniformMasking().sample(16, 16)
+    ds = DataSample()
+    ds.set_mask(torch.from_numpy(mask))
+    ds.set_field(torch.from_numpy(sec), 'secondary_mask')
+    x = torch.randn(1, 3, 256, 256)
+    model.neck.forward = lambda latent, index: torch.zeros(1, 256, 768)
+    pred, m, _ = visualize.pixel_prediction(model, x, [ds])
+    target = model.head.patchify(x)
+    # a zero prediction becomes the mean of the cell's visible patch
+    vis = int((m[0, :2, :2] == 0).nonzero()[0][0] * 16 +
+              (m[0, :2, :2] == 0).nonzero()[0][1])
+    for patch in (0, 1, 16, 17):
+        assert torch.allclose(pred[0, patch], target[0, vis].mean().expand(
+            768), atol=1e-5)
+    assert math.isclose(float(m.sum()), 192)
