@@ -178,9 +178,9 @@ def test_dist_train_two_cpu_processes_and_resume(tmp_path, data_root):
         assert len(pickle.load(f)) == 8
 
 
-def _swin_t_opts(data_root, max_iters):
-    """Shrink configs/um_mae/swin_t_200e.py to a few CPU iterations on a
-    small ImageNet-layout folder; the model and pipeline stay as they are."""
+def _shrink_opts(data_root, max_iters):
+    """Shrink a pre-training config to a few CPU iterations on a small
+    ImageNet-layout folder; model and pipeline stay as they are."""
     return [
         f'train_dataloader.dataset.data_root={data_root}',
         'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
@@ -194,29 +194,53 @@ def _swin_t_opts(data_root, max_iters):
     ]
 
 
-@pytest.mark.slow  # two torchrun launches of 2 Swin-T processes: ~2 min
-def test_dist_train_um_mae_swin_t_200e_two_cpu_processes(tmp_path):
+# config, the same config plus tests/_ddp_probe.py's mask recorder, and the
+# extra options of the case
+DDP_CASES = {
+    # the headline: tools/dist_train.sh configs/um_mae/swin_t_200e.py 2
+    'um_mae_swin_t': ('configs/um_mae/swin_t_200e.py',
+                      'tests/configs/um_mae_probe.py', []),
+    # GreenMIM draws one mask per rank and batch: ranks must differ even
+    # when they share a seed
+    'green_mim_swin_b': ('configs/green_mim/swin_b_800e.py',
+                         'tests/configs/green_mim_probe.py',
+                         ['randomness.diff_rank_seed=False']),
+}
+
+
+def _adamw_steps(ckpt):
+    return {float(s['step']) for s in ckpt['optimizer']['state'].values()}
+
+
+@pytest.mark.slow  # two torchrun launches of 2 Swin processes: 2-4 min
+@pytest.mark.parametrize('case', list(DDP_CASES))
+def test_dist_train_pretraining_two_cpu_processes(case, tmp_path):
+    cfg, probe_cfg, extra = DDP_CASES[case]
     data = make_imagenet_folder(str(tmp_path / 'imagenet'))
-    cfg = osp.join(ROOT, 'configs', 'um_mae', 'swin_t_200e.py')
     work = tmp_path / 'work'
     proc = run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir',
-                     str(work), '--cfg-options', *_swin_t_opts(data, 2)],
-                    env={'PORT': str(free_port())})
+                     str(work), '--cfg-options', *_shrink_opts(data, 2),
+                     *extra], env={'PORT': str(free_port())})
     assert 'training in fp32' in proc.stderr  # the config asks for AMP
     assert sorted(p for p in os.listdir(work) if p.endswith('.pth')) == \
-        ['iter_2.pth']
+        ['iter_2.pth']  # written once, by rank 0
     assert _trained_iters(str(work)) == [1, 2]
     ckpt = _load(work / 'iter_2.pth')
-    assert ckpt['meta']['iter'] == 2
-    assert {float(s['step']) for s in ckpt['optimizer']['state'].values()} \
-        == {2.0}
+    assert ckpt['meta']['iter'] == 2 and _adamw_steps(ckpt) == {2.0}
 
-    # the config sets resume=True; --resume without a path picks iter_2
-    run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir',
-              str(work), '--resume', '--cfg-options', *_swin_t_opts(data, 3)],
-             env={'PORT': str(free_port())})
-    assert _trained_iters(str(work)) == [3]
-    ckpt = _load(work / 'iter_3.pth')
-    assert ckpt['meta']['iter'] == 3
-    assert {float(s['step']) for s in ckpt['optimizer']['state'].values()} \
-        == {3.0}
+    # the configs set resume=True; --resume without a path picks iter_2.
+    # This run also records the masks of both ranks.
+    run_tool(['bash', 'tools/dist_train.sh', probe_cfg, '2', '--work-dir',
+              str(work), '--resume', '--cfg-options', *_shrink_opts(data, 4),
+              *extra],
+             env={'PORT': str(free_port()),
+                  'PYTHONPATH': osp.join(ROOT, 'tests')})
+    assert _trained_iters(str(work)) == [3, 4]
+    ckpt = _load(work / 'iter_4.pth')
+    assert ckpt['meta']['iter'] == 4 and _adamw_steps(ckpt) == {4.0}
+
+    masks = [torch.load(work / f'masks_rank{r}.pt') for r in (0, 1)]
+    assert len(masks[0]) == len(masks[1]) == 2  # iterations 3 and 4
+    for m0, m1 in zip(*masks):
+        assert m0.shape == m1.shape and not torch.equal(m0, m1)
+    assert not torch.equal(masks[0][0], masks[0][1])  # new mask each step
