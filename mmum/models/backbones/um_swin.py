@@ -67,14 +67,15 @@ class UMSwinTransformer(CPBSwinTransformer):
         for i, stage in enumerate(self.stages):
             r = self.patch_embed.projection.stride[0] * 2**i
             size = min(H, W) // r
-            win = min(self.window_size, size)
+            window = stage.blocks[0].attn.window_size
+            win = min(window, size)
             shifted = any(b.attn.shift_size for b in stage.blocks) and \
                 win < size
             bad = (win * r) % self.unit or (H // r) % win or (W // r) % win \
                 or (shifted and (win // 2 * r) % self.unit)
             if bad:
                 raise ValueError(
-                    f'UM-MAE Swin: window_size={self.window_size} breaks the '
+                    f'UM-MAE Swin: window_size={window} breaks the '
                     f'compact-input equivalence (paper §3.1) at stage {i} '
                     f'(map {H // r}x{W // r}, token stride {r} px, window '
                     f'{win}): each window ({win * r} px) and its shift '
