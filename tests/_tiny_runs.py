@@ -93,3 +93,12 @@ def load_tool(name):
         spec.loader.exec_module(module)
         sys.modules[mod_name] = module
     return sys.modules[mod_name]
+
+
+def drop_new_default_scopes(before):
+    """Forget the (global) DefaultScope instances created since ``before``
+    (a set of instance names), so a Runner's scope does not leak into other
+    test modules."""
+    from mmengine.registry import DefaultScope
+    for name in set(DefaultScope._instance_dict) - before:
+        del DefaultScope._instance_dict[name]

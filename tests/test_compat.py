@@ -19,7 +19,8 @@ import mmum  # noqa: F401  applies the shims
 from mmum.utils import compat
 from mmum.utils.dist import cpu_fallback_amp, setup_cpu_distributed
 
-from _tiny_runs import TINY_CFG, free_port, load_tool, make_image_folder
+from _tiny_runs import (TINY_CFG, drop_new_default_scopes, free_port,
+                        load_tool, make_image_folder)
 
 
 class _NotAllowed:
@@ -29,6 +30,14 @@ class _NotAllowed:
 def _names(globals_):
     return {g[1] if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}'
             for g in globals_}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _isolate_default_scope():
+    from mmengine.registry import DefaultScope
+    before = set(DefaultScope._instance_dict)
+    yield
+    drop_new_default_scopes(before)
 
 
 @pytest.fixture(scope='module')

@@ -17,8 +17,9 @@ import uuid
 import pytest
 import torch
 
-from _tiny_runs import (ROOT, TINY_CFG, free_port, load_tool,
-                        make_image_folder, make_imagenet_folder, run_tool)
+from _tiny_runs import (ROOT, TINY_CFG, drop_new_default_scopes,
+                        free_port, load_tool, make_image_folder,
+                        make_imagenet_folder, run_tool)
 
 train_tool = load_tool('train')
 
@@ -50,6 +51,14 @@ def _assert_same_state(a, b):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _isolate_default_scope():
+    from mmengine.registry import DefaultScope
+    before = set(DefaultScope._instance_dict)
+    yield
+    drop_new_default_scopes(before)
 
 
 @pytest.fixture(scope='module')
