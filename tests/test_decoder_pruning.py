@@ -195,3 +195,43 @@ def test_kill_and_resume_mid_freezing(tmp_path, uninterrupted, kill_at):
     final_a = full.model.state_dict()
     for k, v in resumed.model.state_dict().items():
         torch.testing.assert_close(v, final_a[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow  # three torchrun launches of 2 CPU processes: ~1-2 min
+def test_ddp_two_processes_kill_and_resume(tmp_path):
+    """configs/vitfreeze/vit_b_100e.py (shrunk) under DDP on gloo: training
+    goes through freezing and pruning (find_unused_parameters=True), and a
+    run killed at iteration 8 resumes to the same frozen layers, pruned
+    decoders and optimizer groups as the uninterrupted run."""
+    from _tiny_runs import ROOT, free_port, make_imagenet_folder, run_tool
+    data = make_imagenet_folder(str(tmp_path / 'imagenet'), size=80)
+    cfg = osp.join(ROOT, 'tests', 'configs', 'tiny_vitfreeze.py')
+
+    def launch(work, *args, opts=()):
+        run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir',
+                  str(work), *args, '--cfg-options',
+                  f'train_dataloader.dataset.data_root={data}', *opts],
+                 env={'PORT': str(free_port())})
+
+    full, killed = tmp_path / 'full', tmp_path / 'killed'
+    launch(full)
+    # "killed" after 8 iterations: same schedule (end=12), loop stops at 8
+    launch(killed, opts=['train_cfg.max_iters=8'])
+    launch(killed, '--resume', str(killed / 'iter_8.pth'))
+    a = torch.load(full / 'iter_12.pth', map_location='cpu')
+    b = torch.load(killed / 'iter_12.pth', map_location='cpu')
+    assert b['meta']['iter'] == 12
+    for ckpt in (a, b):
+        assert ckpt['param_schedulers'][0]['frozen_layers'] == [0, 1, 2, 3]
+        assert ckpt['meta']['pruned_decoders'] == [0, 1, 2]
+
+    def groups(ckpt):
+        return [(g['layer_id'], g['lr'], len(g['params']))
+                for g in ckpt['optimizer']['param_groups']]
+
+    assert groups(a) == groups(b)
+    # nothing of the frozen layers / pruned decoders is left in the optimizer
+    assert not any(g['layer_id'] < 4 for g in a['optimizer']['param_groups'])
+    assert not any(g['param_name'].startswith(('neck.0.', 'neck.1.',
+                                               'neck.2.'))
+                   for g in a['optimizer']['param_groups'])

@@ -222,3 +222,37 @@ def test_mismatched_scales():
                            loss=dict(type='mmpretrain.PixelReconstructionLoss',
                                      criterion='L2')),
                  target_generator=dict(type='mmum.HOGTarget')))
+
+
+def test_vitfreeze_configs():
+    """configs/vitfreeze: the paper's settings, and ViT-B's layers as
+    FreezeOutLR sees them through mmpretrain's optimizer constructor."""
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+
+    from mmum.registry import PARAM_SCHEDULERS
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = Config.fromfile(osp.join(root, 'configs/vitfreeze/vit_b_100e.py'))
+    base = Config.fromfile(
+        osp.join(root, 'configs/vitfreeze/local_mim_vit_b_100e.py'))
+    assert 'custom_hooks' not in base and all(
+        'FreezeOut' not in s['type'] for s in base.param_scheduler)
+    assert [h['type'] for h in cfg.custom_hooks] == [
+        'mmum.FreezeOutHook', 'mmum.DecoderPruningHook'
+    ]
+    assert cfg.find_unused_parameters and cfg.train_cfg.max_epochs == 100
+    assert cfg.train_dataloader.collate_fn == dict(type='default_collate')
+    model = MODELS.build(cfg.model)
+    assert model.decoder_layers == (2, 4, 10, 12)
+    optim_cfg = dict(cfg.optim_wrapper, type='OptimWrapper')  # AMP: GPU
+    optim_cfg.pop('loss_scale')
+    optim = build_optim_wrapper(model, optim_cfg)
+    sched_cfg = dict(cfg.param_scheduler[0])
+    sched_cfg.pop('_scope_', None)
+    sched = PARAM_SCHEDULERS.build(
+        sched_cfg, default_args=dict(optimizer=optim, epoch_length=10))
+    assert sched.num_layers == 13  # patch embedding + 12 blocks
+    assert sched.t[0] == pytest.approx(0.512) and sched.t[12] == 1
+    assert (sched.warmup, sched.total, sched.by_epoch) == (100, 1000, False)

@@ -7,8 +7,9 @@ stage times weighted by how long each stage lasts under FreezeOutLR
 (``t_0``, ``spacing``), against the no-freezing baseline (stage 0 for the
 whole schedule). ViTFreeze reports 12.5% saved on ViT-B/16 (GPU).
 
-The defaults (a ViT-Tiny-sized encoder with ViT-B's 12 blocks, 224² images,
-CPU) take a few minutes on two cores::
+The defaults (a ViT-Tiny-sized encoder with ViT-B's 12 blocks and decoder
+layout, 128² images so that the 4-32 px HOG cells still tile them, CPU)
+take a few minutes on two cores::
 
     python tools/analysis_tools/benchmark_freezeout.py
     python tools/analysis_tools/benchmark_freezeout.py --arch b --device cuda \
@@ -39,7 +40,7 @@ ARCHS = {
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--arch', choices=sorted(ARCHS), default='tiny')
-    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--img-size', type=int, default=128)
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--iters', type=int, default=6,
                    help='timed steps per stage (median is reported)')
@@ -50,6 +51,9 @@ def parse_args():
     p.add_argument('--no-prune', action='store_true',
                    help='keep every decoder (freezing alone)')
     p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=int, default=1,
+                   help='CPU threads; 1 keeps timings steady on a shared '
+                   'machine (OpenMP spinning distorts them)')
     return p.parse_args()
 
 
@@ -90,6 +94,7 @@ def time_steps(model, optim, img, args):
 
 def main():
     args = parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, optim, sched = build(args)
     model.train()
@@ -97,7 +102,13 @@ def main():
                       device=args.device)
     num_layers = sched.num_layers  # patch embedding + blocks
     t = freeze_times(num_layers, args.t0, args.spacing)
-    rows, prev = [], 0.
+    print(f'LocalMIM arch={args.arch} img={args.img_size} '
+          f'batch={args.batch_size} device={args.device} '
+          f'threads={torch.get_num_threads()} FreezeOut t_0={args.t0} '
+          f'{args.spacing}{" (no decoder pruning)" if args.no_prune else ""}')
+    print(f'{"stage":>5} {"frozen":>9} {"decoders":>8} {"step ms":>9} '
+          f'{"vs base":>8} {"schedule":>9}')
+    total, base = 0., None
     for k in range(num_layers):  # stage k: layers 0 .. k-1 frozen
         if k:
             sched.freeze_layers([k - 1])
@@ -106,21 +117,13 @@ def main():
                     if layer < k and d not in model.pruned_decoders:
                         freeze_params(optim, model.prune_decoder(d))
         step = time_steps(model, optim, img, args)
-        rows.append((k, len(model.neck) - len(model.pruned_decoders), step,
-                     t[k] - prev))
-        prev = t[k]
-    base = rows[0][2]
-    print(f'LocalMIM arch={args.arch} img={args.img_size} '
-          f'batch={args.batch_size} device={args.device} '
-          f'threads={torch.get_num_threads()} FreezeOut t_0={args.t0} '
-          f'{args.spacing}{" (no decoder pruning)" if args.no_prune else ""}')
-    print(f'{"stage":>5} {"frozen":>9} {"decoders":>8} {"step ms":>9} '
-          f'{"vs base":>8} {"schedule":>9}')
-    for k, decs, step, frac in rows:
-        frozen = f'0..{k - 1}' if k else '-'
-        print(f'{k:>5} {frozen:>9} {decs:>8} {step * 1e3:>9.1f} '
-              f'{step / base:>8.3f} {frac:>9.3f}')
-    total = sum(step * frac for _, _, step, frac in rows)
+        base = base or step
+        frac = t[k] - (t[k - 1] if k else 0.)  # share of the schedule
+        total += step * frac
+        print(f'{k:>5} {f"0..{k - 1}" if k else "-":>9} '
+              f'{len(model.neck) - len(model.pruned_decoders):>8} '
+              f'{step * 1e3:>9.1f} {step / base:>8.3f} {frac:>9.3f}',
+              flush=True)
     print(f'whole schedule: {total / base:.3f} of the no-freezing baseline, '
           f'time saved {100 * (1 - total / base):.1f}% '
           f'(ViTFreeze paper: 12.5%, target >= 20%)')
