@@ -16,7 +16,11 @@ model = dict(
         arch='base',
         img_size=224,
         window_size=7,
-        drop_path_rate=0.0),
+        drop_path_rate=0.0,
+        init_cfg=[
+            dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
+            dict(type='Constant', layer='LayerNorm', val=1., bias=0.)
+        ]),
     neck=dict(
         type='mmum.GreenMIMDecoder',
         num_patches=49,  # (224 / 32) ** 2 mask units
@@ -29,7 +33,12 @@ model = dict(
         type='mmpretrain.MAEPretrainHead',
         norm_pix=True,
         patch_size=32,
-        loss=dict(type='mmpretrain.PixelReconstructionLoss', criterion='L2')))
+        loss=dict(type='mmpretrain.PixelReconstructionLoss', criterion='L2')),
+    # decoder as in MAE (the backbone's own init_cfg takes over inside it)
+    init_cfg=[
+        dict(type='Xavier', layer='Linear', distribution='uniform'),
+        dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0)
+    ])
 
 train_dataloader = dict(
     batch_size=256,

@@ -131,7 +131,7 @@ class GreenSwinTransformer(SwinTransformer):
             if shift not in plans:
                 plans[shift] = build_group_plan(coords, attn.window_size,
                                                 shift, x.shape[-1])
-            x = x + attn.drop(attn.w_msa(block.norm1(x), plans[shift]))
+            x = x + attn.drop(attn.w_msa(block.norm1(x), plan=plans[shift]))
             x = block.ffn(block.norm2(x), identity=x)
         return x
 

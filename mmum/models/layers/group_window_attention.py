@@ -1,0 +1,130 @@
+"""Group Window Attention of GreenMIM (paper §3.2-3.4).
+
+The visible tokens of a stage are split by window; the windows (with uneven
+numbers of visible tokens) are packed into equal-size groups by the optimal
+grouping, and one attention runs per group with a block-diagonal mask so a
+token only sees tokens of its own window (Fig. 3). The relative-position bias
+of every pair is gathered from the tokens' true grid positions.
+
+Shifted windows: Swin's cyclic shift by ``s`` followed by its region mask
+lets two tokens attend iff they fall into the same cell of the grid offset by
+``ws - s`` (no wrap-around), so a shifted block simply uses those cells as
+its windows. Inside one cell no pair wraps around, so the bias index of the
+true coordinates equals the one Swin uses on the rolled map.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from mmpretrain.models.utils.attention import WindowMSA
+
+from mmum.registry import MODELS
+from .optimal_grouping import optimal_grouping
+
+
+class GroupPlan(NamedTuple):
+    """How the ``N`` visible tokens of a stage are packed into ``G`` groups of
+    ``group_size`` slots (shared by all blocks with the same shift)."""
+    index: torch.Tensor  # (G*gs,) token of each slot; N marks a padding slot
+    slot: torch.Tensor  # (N,) slot of each token
+    allowed: torch.Tensor  # (G, gs, gs) bool, same window (or both padding)
+    rel_index: torch.Tensor  # (G, gs, gs) row of the bias table per pair
+    group_size: int
+
+
+def window_ids(coords: torch.Tensor, window_size: int,
+               shift_size: int) -> torch.Tensor:
+    """Window of each token (N, 2 grid coords) for a block with the given
+    shift, as an integer id increasing in row-major order of the windows."""
+    offset = (window_size - shift_size) % window_size
+    cell = torch.div(coords + offset, window_size, rounding_mode='floor')
+    return cell[:, 0] * (1 << 20) + cell[:, 1]
+
+
+def build_group_plan(coords: torch.Tensor, window_size: int, shift_size: int,
+                     channels: int) -> GroupPlan:
+    """Group the visible tokens at ``coords`` (N, 2, row-major order) for
+    windows of ``window_size`` shifted by ``shift_size``; the group size is
+    chosen by the optimal grouping with the Eq. 8 cost for ``channels``."""
+    num_tokens = coords.shape[0]
+    win = window_ids(coords, window_size, shift_size)
+    win_sorted, order = torch.sort(win, stable=True)
+    counts = torch.unique_consecutive(win_sorted, return_counts=True)[1]
+    counts_list = counts.tolist()
+    gs, groups, _ = optimal_grouping(counts_list, channels)
+
+    # first slot of every window: its group's start + the windows before it
+    first = [0] * len(counts_list)
+    for g, members in enumerate(groups):  # loops over windows, not tokens
+        start = g * gs
+        for w in members:
+            first[w] = start
+            start += counts_list[w]
+    first = torch.tensor(first, device=coords.device)
+    win_of_sorted = torch.repeat_interleave(
+        torch.arange(len(counts_list), device=coords.device), counts)
+    rank = torch.arange(num_tokens, device=coords.device) - (
+        torch.cumsum(counts, 0) - counts)[win_of_sorted]
+    slot = torch.empty_like(order)
+    slot[order] = first[win_of_sorted] + rank  # (N,)
+
+    num_slots = len(groups) * gs
+    index = coords.new_full((num_slots, ), num_tokens)
+    index[slot] = torch.arange(num_tokens, device=coords.device)
+    label = coords.new_full((num_slots, ), -1)  # -1: padding
+    label[slot] = win
+    label = label.view(-1, gs)
+    allowed = label[:, :, None] == label[:, None, :]  # G, gs, gs
+
+    slot_coords = coords.new_zeros(num_slots, 2)
+    slot_coords[slot] = coords
+    slot_coords = slot_coords.view(-1, gs, 2)
+    rel = slot_coords[:, :, None] - slot_coords[:, None] + window_size - 1
+    rel_index = rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
+    rel_index = rel_index.masked_fill(~allowed, 0)  # G, gs, gs
+    return GroupPlan(index, slot, allowed, rel_index, gs)
+
+
+@MODELS.register_module()
+class GroupWindowAttention(WindowMSA):
+    """Window attention on the visible tokens of a sparse feature map.
+
+    Same parameters as mmpretrain's ``WindowMSA`` (``qkv``, ``proj``,
+    ``relative_position_bias_table``, ``relative_position_index``), so its
+    weights load both ways; given a :class:`GroupPlan` it attends within the
+    groups, otherwise it is ``WindowMSA``.
+    """
+
+    def forward(self,
+                x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None,
+                plan: Optional[GroupPlan] = None) -> torch.Tensor:
+        """With a ``plan``: x (B, N, C) visible tokens -> (B, N, C). Without:
+        ``WindowMSA.forward`` on full windows (the dense Swin path)."""
+        if plan is None:
+            return super().forward(x, mask)
+        B, N, C = x.shape
+        G, gs, nh = plan.allowed.shape[0], plan.group_size, self.num_heads
+        qkv = self.qkv(x)  # B, N, 3C
+        qkv = torch.cat([qkv, qkv.new_zeros(B, 1, 3 * C)], 1)[:, plan.index]
+        # B, G*gs, 3C -> 3, B, G*nh, gs, C/nh (groups folded into heads so
+        # the mask broadcasts over the batch without a copy)
+        qkv = qkv.view(B, G, gs, 3, nh, C // nh).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv.reshape(3, B, G * nh, gs, C // nh).unbind(0)
+
+        bias = self.relative_position_bias_table[plan.rel_index]  # G,gs,gs,nh
+        bias = bias.permute(0, 3, 1, 2).to(q.dtype)
+        bias = bias.masked_fill(~plan.allowed[:, None], float('-inf'))
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=bias.reshape(1, G * nh, gs, gs),
+            dropout_p=self.attn_drop.p if self.training else 0.,
+            scale=self.scale)  # B, G*nh, gs, C/nh
+        out = out.view(B, G, nh, gs, C // nh).permute(0, 1, 3, 2, 4)
+        out = out.reshape(B, G * gs, C)[:, plan.slot]  # B, N, C
+        return self.proj_drop(self.proj(out))
+
+
+__all__ = [
+    'GroupPlan', 'GroupWindowAttention', 'build_group_plan', 'window_ids'
+]

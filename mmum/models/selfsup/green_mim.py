@@ -1,0 +1,129 @@
+"""GreenMIM: MAE-style pre-training of a Swin that sees visible tokens only.
+
+Huang et al., "Green Hierarchical Vision Transformer for Masked Image
+Modeling", NeurIPS 2022. One random mask of ``mask_unit``-pixel units is drawn
+per micro-batch (§3.5, different on every rank); the encoder
+(:class:`GreenSwinTransformer`) runs on the visible units, a light MAE decoder
+puts each visible token back at its own unit and fills the rest with the mask
+token, and the loss is the MSE of per-unit normalised pixels on masked units.
+"""
+from typing import Dict, List, Optional
+
+import torch
+from mmengine.dist import get_dist_info
+from mmpretrain.models import BaseSelfSupervisor, MAEPretrainDecoder
+from mmpretrain.structures import DataSample
+
+from mmum.registry import MODELS
+
+
+@MODELS.register_module()
+class GreenMIMDecoder(MAEPretrainDecoder):
+    """mmpretrain's MAE decoder without a class token, fed by a batch-wise
+    mask: ``num_patches`` = number of mask units, ``patch_size`` = mask unit.
+    Its ``decoder_pos_embed`` keeps MAE's (unused) class-token slot 0 so the
+    fixed 2-D sin-cos table is built by the parent unchanged."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, N_vis, C) visible units in row-major order; mask: (h, w)
+        bool, True = masked. Returns (B, h*w, patch_size**2 * 3)."""
+        mask = mask.flatten()
+        if mask.numel() != self.num_patches:
+            raise ValueError(f'decoder is built for {self.num_patches} mask '
+                             f'units, got a mask of {mask.numel()}')
+        B = x.shape[0]
+        x = self.decoder_embed(x)  # B, N_vis, D
+        visible = (~mask).nonzero().squeeze(1)
+        masked = mask.nonzero().squeeze(1)
+        # token k of the sequence [visible..., masked...] sits at unit
+        # order[k]; argsort(order) puts every token at its own unit
+        restore = torch.argsort(torch.cat([visible, masked]))
+        x = torch.cat(
+            [x, self.mask_token.to(x.dtype).expand(B, len(masked), -1)], 1)
+        x = x[:, restore] + self.decoder_pos_embed[:, 1:]  # B, L, D
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x))  # B, L, p*p*3
+
+
+@MODELS.register_module()
+class GreenMIM(BaseSelfSupervisor):
+    """GreenMIM algorithm.
+
+    Args:
+        backbone (dict): a :class:`GreenSwinTransformer` config.
+        neck (dict): a :class:`GreenMIMDecoder` config.
+        head (dict): mmpretrain ``MAEPretrainHead`` config whose
+            ``patch_size`` is the mask unit (target: per-unit normalised
+            pixels; loss on masked units only).
+        mask_ratio (float): share of masked units, in [0, 1).
+        mask_unit (int): mask unit in pixels; must equal the encoder's total
+            stride (32 for Swin), so every stage sees whole units.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 neck: dict,
+                 head: dict,
+                 mask_ratio: float = 0.75,
+                 mask_unit: int = 32,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        if not 0 <= mask_ratio < 1:
+            raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
+        if isinstance(data_preprocessor, dict) or data_preprocessor is None:
+            data_preprocessor = dict(data_preprocessor or {})
+            data_preprocessor.setdefault('type',
+                                         'mmpretrain.SelfSupDataPreprocessor')
+        super().__init__(
+            backbone=backbone,
+            neck=neck,
+            head=head,
+            data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg)
+        stride = self.backbone.total_stride
+        if mask_unit != stride:
+            raise ValueError(
+                f'mask_unit ({mask_unit}) must equal the encoder total stride '
+                f'({stride}): smaller units would leave partly visible '
+                'tokens at the last stages (paper §3.5)')
+        if self.head.patch_size != mask_unit:
+            raise ValueError(f'head.patch_size ({self.head.patch_size}) must '
+                             f'equal mask_unit ({mask_unit})')
+        self.mask_ratio = mask_ratio
+        self.mask_unit = mask_unit
+
+    def random_mask(self, inputs: torch.Tensor) -> torch.Tensor:
+        """One random mask for the micro-batch: (H/unit, W/unit) bool, True =
+        masked, ``int(L * (1 - ratio))`` units kept as in MAE. Each rank takes
+        its own row of a (world_size, L) draw, so masks differ across ranks
+        even when all ranks share a seed."""
+        H, W = inputs.shape[-2:]
+        u = self.mask_unit
+        if H % u or W % u:
+            raise ValueError(f'image size {H}x{W} must be divisible by the '
+                             f'mask unit {u}')
+        h, w = H // u, W // u
+        num_keep = int(h * w * (1 - self.mask_ratio))
+        if num_keep < 1:
+            raise ValueError(f'mask_ratio {self.mask_ratio} keeps no unit of '
+                             f'a {h}x{w} grid')
+        rank, world_size = get_dist_info()
+        noise = torch.rand(world_size, h * w)[rank]
+        mask = torch.ones(h * w, dtype=torch.bool)
+        mask[noise.argsort()[:num_keep]] = False
+        return mask.view(h, w).to(inputs.device)
+
+    def extract_feat(self, inputs: torch.Tensor):
+        return self.backbone(inputs)
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[DataSample],
+             **kwargs) -> Dict[str, torch.Tensor]:
+        mask = self.random_mask(inputs)  # h, w
+        latent = self.backbone(inputs, mask)[-1]  # B, N_vis, C
+        pred = self.neck(latent, mask)  # B, L, unit*unit*3
+        target_mask = mask.flatten().expand(inputs.shape[0], -1).float()
+        return dict(loss=self.head.loss(pred, inputs, target_mask))
+
+
+__all__ = ['GreenMIM', 'GreenMIMDecoder']
