@@ -256,3 +256,15 @@ def test_vitfreeze_configs():
     assert sched.num_layers == 13  # patch embedding + 12 blocks
     assert sched.t[0] == pytest.approx(0.512) and sched.t[12] == 1
     assert (sched.warmup, sched.total, sched.by_epoch) == (100, 1000, False)
+
+
+def test_hog_subset_of_scales():
+    """Asking only for coarse cells (fine decoders pruned) gives the same
+    targets, computed from coarser histograms."""
+    img = torch.rand(2, 3, 32, 32)
+    hog = HOGTarget(cell_sizes=(4, 8, 16, 32))
+    full = hog(img)
+    for a, b in zip(hog(img, [16, 32]), full[2:]):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match='not all among'):
+        hog(img, [2])

@@ -1,5 +1,6 @@
 """Multi-scale HOG targets of LocalMIM (Wang et al., CVPR 2023)."""
 import math
+from functools import reduce
 from typing import List, Optional, Sequence
 
 import torch
@@ -48,14 +49,19 @@ class HOGTarget(BaseModule):
         """(B, 3, H, W) images -> one (B, 3 * nbins, H / c, W / c) target per
         cell size ``c`` (channel-major: the 9 bins of R, then G, then B)."""
         cell_sizes = self.cell_sizes if cell_sizes is None else cell_sizes
+        if not cell_sizes:
+            return []
         B, C, H, W = img.shape
-        base = min(self.cell_sizes)
         if C != 3 or H % max(cell_sizes) or W % max(cell_sizes):
             raise ValueError(f'HOGTarget: needs (B, 3, H, W) images with H, W '
                              f'multiples of {max(cell_sizes)}, got '
                              f'{tuple(img.shape)}')
-        if not cell_sizes:
-            return []
+        if any(c not in self.cell_sizes for c in cell_sizes):
+            raise ValueError(f'HOGTarget: cell_sizes={tuple(cell_sizes)} are '
+                             f'not all among {self.cell_sizes}')
+        # histograms at the largest cell that all asked-for cells tile
+        # (coarser once the fine-scale decoders are pruned)
+        base = reduce(math.gcd, cell_sizes)
         # Sobel, separable: central difference, then [1, 2, 1] smoothing
         # across it (a zero difference, e.g. at a reflected border, stays 0)
         p = F.pad(img.float(), (1, 1, 1, 1), mode='reflect')
