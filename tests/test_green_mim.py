@@ -185,11 +185,11 @@ def test_runner_pretrains_and_checkpoint_loads_into_swin(tmp_path):
     cfg.model.backbone.arch = TINY
     cfg.model.neck.update(embed_dim=256, decoder_embed_dim=64,
                           decoder_num_heads=2)
-    cfg.train_dataloader.update(
-        batch_size=2, num_workers=0, persistent_workers=False,
-        dataset=dict(type='mmpretrain.CustomDataset', data_root=data,
-                     with_label=False, _delete_=True,
-                     pipeline=cfg.train_pipeline))
+    cfg.train_dataloader.update(batch_size=2, num_workers=0,
+                                persistent_workers=False)
+    cfg.train_dataloader.dataset = dict(
+        type='mmpretrain.CustomDataset', data_root=data, with_label=False,
+        pipeline=cfg.train_pipeline)
     cfg.optim_wrapper.type = 'OptimWrapper'  # AMP needs a GPU
     cfg.optim_wrapper.pop('loss_scale')
     cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0)]
