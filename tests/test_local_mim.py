@@ -231,6 +231,7 @@ def test_vitfreeze_configs():
 
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
 
     from mmum.registry import PARAM_SCHEDULERS
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -244,7 +245,10 @@ def test_vitfreeze_configs():
     ]
     assert cfg.find_unused_parameters and cfg.train_cfg.max_epochs == 100
     assert cfg.train_dataloader.collate_fn == dict(type='default_collate')
-    model = MODELS.build(cfg.model)
+    assert cfg.default_scope == 'mmpretrain'
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = MODELS.build(
+            dict(cfg.model, data_preprocessor=cfg.data_preprocessor))
     assert model.decoder_layers == (2, 4, 10, 12)
     optim_cfg = dict(cfg.optim_wrapper, type='OptimWrapper')  # AMP: GPU
     optim_cfg.pop('loss_scale')
