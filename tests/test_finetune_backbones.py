@@ -27,7 +27,7 @@ def um_mae_model(arch):
     return MODELS.build(cfg)
 
 
-def short_pretraining(arch, path, steps=3):
+def short_pretraining(arch, path, steps=2):
     """A few UM-MAE steps through ``loss``, then save like the Runner."""
     torch.manual_seed(0)
     np.random.seed(0)
@@ -193,6 +193,7 @@ def test_dense_toolboxes_build_the_backbones():
     assert len(swin(x)) == 4
 
 
+@pytest.mark.slow
 def test_swin_l_config_builds():
     cfg = Config.fromfile('configs/um_mae/swin_l_800e.py')
     assert cfg.train_cfg.max_epochs == 800

@@ -111,6 +111,7 @@ def test_plain_forward_without_mask():
     assert out[-1].shape == (1, 32)
 
 
+@pytest.mark.slow
 def test_real_config_builds():
     cfg = Config.fromfile('configs/um_mae/vit_b_200e.py')
     assert cfg.train_cfg.max_epochs == 200

@@ -225,7 +225,6 @@ class PVT(BaseModule):
                 self.init_cfg.get('type') == 'Pretrained':
             return
         self.apply(self._init_module)
-        self._freeze_stages()
 
     @staticmethod
     def _init_module(m):

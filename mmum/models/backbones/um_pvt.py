@@ -53,12 +53,14 @@ class UMPVT(PVT):
                 f'UM-MAE PVT: the compact input {H}x{W} (half the image) '
                 f'must be a multiple of the encoder stride {self.stride}, '
                 f'i.e. the image side a multiple of {cell} px (e.g. 256).')
-        bad = [r for r in self.sr_ratios if r > 1 and r % 2]
-        if bad:
-            raise ValueError(
-                f'UM-MAE PVT: sr_ratios {self.sr_ratios} contain odd ratios '
-                f'{bad}; a full-size window must cover whole 2x2 cells to be '
-                'halved on the compact input (paper Fig. 2)')
+        for i, r in enumerate(self.sr_ratios):
+            px = r * 4 * 2**i  # full-size window in pixels (stride 4 * 2^i)
+            if r > 1 and (px % (2 * self.unit) if i < 3 else r % 2):
+                raise ValueError(
+                    f'UM-MAE PVT: sr_ratios={self.sr_ratios}: the stage-{i + 1}'
+                    f' reduction window ({r} tokens = {px} px) must cover '
+                    f'whole 2x2 cells ({2 * self.unit} px) to be halved on the'
+                    ' compact input (paper Fig. 2)')
         units = (H // self.unit, W // self.unit)
         if tuple(mask.shape[-2:]) != units:
             raise ValueError(
