@@ -1,0 +1,97 @@
+# ImageNet-1K fine-tuning of a GreenMIM Swin-B (Huang et al. 2022, §4.1):
+# 224 px, 100 epochs with 20 warm-up, AdamW blr 1.25e-4 per 256 images
+# (warm-up and final lr 2.5e-7 per 256), wd 0.05, layer decay 0.9, drop path
+# 0.2, augmentation of BEiT / SimMIM (RandAug(9, 0.5), random erasing 0.25,
+# mixup 0.8, cutmix 1.0, label smoothing 0.1). Batch 2048 = 8 GPUs x 128 x 2.
+# GreenMIM weights are plain mmpretrain SwinTransformer weights.
+#   tools/dist_train.sh configs/finetune/green_mim_swin_b_100e.py 8 \
+#       --cfg-options model.backbone.init_cfg.checkpoint=PRETRAIN.pth
+_base_ = [
+    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+
+pretrained = 'work_dirs/green_mim_swin_b_800e/epoch_800.pth'
+
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(
+        type='mmpretrain.SwinTransformer',
+        arch='base',
+        img_size=224,
+        window_size=7,
+        drop_path_rate=0.2,
+        out_indices=(3, ),
+        init_cfg=dict(
+            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+    neck=dict(type='GlobalAveragePooling'),
+    head=dict(
+        type='LinearClsHead',
+        num_classes=1000,
+        in_channels=1024,
+        init_cfg=dict(type='TruncNormal', layer='Linear', std=2e-5),
+        loss=dict(
+            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
+        cal_acc=False),
+    train_cfg=dict(augments=[
+        dict(type='Mixup', alpha=0.8),
+        dict(type='CutMix', alpha=1.0)
+    ]))
+
+train_dataloader = dict(
+    batch_size=128,
+    collate_fn=dict(_delete_=True, type='default_collate'))
+val_dataloader = dict(collate_fn=dict(_delete_=True, type='default_collate'))
+test_dataloader = val_dataloader
+
+optim_wrapper = dict(
+    type='AmpOptimWrapper',
+    loss_scale='dynamic',
+    accumulative_counts=2,
+    optimizer=dict(
+        type='AdamW',
+        lr=1.25e-4 * 2048 / 256,
+        betas=(0.9, 0.999),
+        weight_decay=0.05,
+        eps=1e-8),
+    clip_grad=dict(max_norm=5.0),
+    constructor='mmpretrain.LearningRateDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(
+        layer_decay_rate=0.9,
+        norm_decay_mult=0.0,
+        bias_decay_mult=0.0,
+        flat_decay_mult=0.0,
+        custom_keys={
+            '.absolute_pos_embed': dict(decay_mult=0.0),
+            '.relative_position_bias_table': dict(decay_mult=0.0)
+        }))
+
+# warm-up from 2.5e-7 to 1.25e-4 (per 256) over 20 epochs, cosine to 2.5e-7
+param_scheduler = [
+    dict(
+        type='LinearLR',
+        start_factor=2.5e-7 / 1.25e-4,
+        by_epoch=True,
+        begin=0,
+        end=20,
+        convert_to_iter_based=True),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=80,
+        eta_min=2.5e-7 * 2048 / 256,
+        by_epoch=True,
+        begin=20,
+        end=100,
+        convert_to_iter_based=True)
+]
+
+train_cfg = dict(by_epoch=True, max_epochs=100, val_interval=10)
+val_cfg = dict()
+test_cfg = dict()
+default_hooks = dict(
+    checkpoint=dict(
+        type='CheckpointHook', interval=1, max_keep_ckpts=3,
+        save_best='auto'))
+randomness = dict(seed=0, diff_rank_seed=True)
+auto_scale_lr = dict(base_batch_size=2048)

@@ -1,0 +1,88 @@
+# GFL on COCO with the UM-MAE Swin-T (UM-MAE §4, appendix B.3): 1024²
+# training with large-scale jitter (scale 0.1-2.0, then a 1024² crop), AdamW
+# lr 1e-4, wd 0.05, 25-epoch cosine schedule, batch 16 = 8 GPUs x 2; the
+# rest is mmdet's GFL (ATSS assignment, QFL + DFL + GIoU, GN in the head).
+# Start from the intermediate ImageNet fine-tuning checkpoint (or from the
+# pre-training checkpoint itself); both keep the `backbone.` prefix:
+#   tools/dist_train.sh configs/mmdet/gfl_um_mae_swin_t_fpn_lsj-25e_coco.py 8 \
+#       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/um_mae_swin_t_100e/epoch_100.pth
+_base_ = 'mmdet::gfl/gfl_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+
+pretrained = 'work_dirs/um_mae_swin_t_100e/epoch_100.pth'
+image_size = (1024, 1024)
+max_epochs = 25
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmum.CPBSwinTransformer',
+        arch='tiny',
+        img_size=1024,
+        window_size=7,
+        pad_small_map=True,
+        drop_path_rate=0.1,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(
+            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+    neck=dict(in_channels=[96, 192, 384, 768]))
+
+backend_args = None
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(
+        type='RandomResize',
+        scale=image_size,
+        ratio_range=(0.1, 2.0),
+        keep_ratio=True),
+    dict(
+        type='RandomCrop',
+        crop_type='absolute_range',
+        crop_size=image_size,
+        recompute_bbox=True,
+        allow_negative_crop=True),
+    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=2, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(
+        custom_keys={
+            'norm': dict(decay_mult=0.),
+            '.cpb': dict(decay_mult=0.),
+        }))
+
+param_scheduler = [
+    dict(
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
+        end=500),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=max_epochs,
+        eta_min=0.0,
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        convert_to_iter_based=True)
+]
+train_cfg = dict(max_epochs=max_epochs)
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -1,0 +1,27 @@
+# Mask R-CNN + FPN on COCO with the GreenMIM Swin-B (GreenMIM §4.4): the
+# supervised Swin recipe unchanged (AdamW lr 1e-4, wd 0.05, batch 16 =
+# 8 GPUs x 2, 1x = 12 epochs with steps at 8 and 11). GreenMIM weights are
+# plain mmpretrain SwinTransformer weights, loaded from the pre-training (or
+# ImageNet fine-tuning) checkpoint by their `backbone.` prefix:
+#   tools/dist_train.sh configs/mmdet/mask-rcnn_green_mim_swin_b_fpn_1x_coco.py 8 \
+#       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/green_mim_swin_b_800e/epoch_800.pth
+_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+
+pretrained = 'work_dirs/green_mim_swin_b_800e/epoch_800.pth'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmpretrain.SwinTransformer',
+        arch='base',
+        img_size=224,
+        window_size=7,
+        pad_small_map=True,
+        drop_path_rate=0.3,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(
+            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+    neck=dict(in_channels=[128, 256, 512, 1024]))
+
+train_dataloader = dict(batch_size=2)

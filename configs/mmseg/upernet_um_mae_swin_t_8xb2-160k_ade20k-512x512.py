@@ -1,0 +1,64 @@
+# UperNet on ADE20K with the UM-MAE Swin-T (UM-MAE §4, appendix B.4): 512²
+# crops, 160k iterations, AdamW lr 1e-4, wd 0.05, poly schedule after 1500
+# linear warm-up iterations, batch 16 = 8 GPUs x 2, no layer-wise lr decay
+# (it hurts hierarchical ViTs, Table 7). Start from the intermediate
+# ImageNet fine-tuning checkpoint (Table 6) or, for the "no intermediate"
+# rows, from the pre-training checkpoint itself:
+#   tools/dist_train.sh configs/mmseg/upernet_um_mae_swin_t_8xb2-160k_ade20k-512x512.py 8 \
+#       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/um_mae_swin_t_100e/epoch_100.pth
+# The heads use SyncBN (multi-GPU); for one process or CPU override it:
+#   --cfg-options model.decode_head.norm_cfg.type=BN \
+#       model.auxiliary_head.norm_cfg.type=BN
+_base_ = [
+    'mmseg::_base_/models/upernet_swin.py',
+    'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_160k.py',
+]
+custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+
+# intermediate fine-tuning (or pre-training) checkpoint, `backbone.` prefix
+pretrained = 'work_dirs/um_mae_swin_t_100e/epoch_100.pth'
+crop_size = (512, 512)
+
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        _delete_=True,
+        type='mmum.CPBSwinTransformer',
+        arch='tiny',
+        img_size=512,
+        window_size=7,
+        pad_small_map=True,
+        drop_path_rate=0.1,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(
+            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
+    auxiliary_head=dict(in_channels=384, num_classes=150))
+
+train_dataloader = dict(batch_size=2)
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(
+        custom_keys={
+            'norm': dict(decay_mult=0.),
+            '.cpb': dict(decay_mult=0.),
+        }))
+
+param_scheduler = [
+    dict(
+        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
+        end=1500),
+    dict(
+        type='PolyLR',
+        eta_min=0.0,
+        power=1.0,
+        by_epoch=False,
+        begin=1500,
+        end=160000)
+]
