@@ -7,14 +7,15 @@ partitioned by repeating a subset-sum knapsack (Eq. 7) until all are placed;
 the group size with the smallest attention FLOPs (Eq. 8) wins.
 
 Speed: the knapsack keeps its reachable sums as the bits of one Python int
-(one shift-or per window), results are memoised per ``(g_s, counts)``, and the
-sweep stops at the first group size whose lower bound
-``sum(w) * (4 C^2 + 2 g_s C)`` (every slot costs at least that) reaches the
-best cost so far, which cannot change the arg-min because the bound only grows
-with ``g_s``.
+(one shift-or per window); the result is memoised per ``(counts, C)``; a
+partition is abandoned as soon as it needs more groups than could beat the
+best cost so far; and the sweep stops at the first group size whose lower
+bound ``sum(w) * (4 C^2 + 2 g_s C)`` (every slot costs at least that) reaches
+the best cost, which cannot change the arg-min as the bound grows with
+``g_s``.
 """
 from functools import lru_cache
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 Partition = Tuple[Tuple[int, ...], ...]  # groups of window indices
 
@@ -44,18 +45,28 @@ def knapsack(capacity: int, weights: Sequence[int]) -> List[int]:
     return sorted(chosen)
 
 
-@lru_cache(maxsize=4096)
-def partition_windows(group_size: int, counts: Tuple[int, ...]) -> Partition:
+def partition_windows(group_size: int,
+                      counts: Sequence[int],
+                      max_groups: Optional[int] = None) -> Optional[Partition]:
     """Alg. 1 lines 3-8: repeat the knapsack on the remaining windows until
-    every window is placed. Returns groups of indices into ``counts``."""
+    every window is placed. Returns groups of indices into ``counts``, or
+    None as soon as more than ``max_groups`` groups would be needed."""
     if max(counts) > group_size:
         raise ValueError(f'group_size {group_size} is smaller than the '
                          f'largest window ({max(counts)} visible tokens)')
     remaining = list(range(len(counts)))
+    left = sum(counts)
     groups = []
     while remaining:
-        picked = knapsack(group_size, [counts[i] for i in remaining])
+        if max_groups is not None and (
+                len(groups) + -(-left // group_size) > max_groups):
+            return None  # even perfectly full groups would be too many
+        if left <= group_size:
+            picked = range(len(remaining))
+        else:
+            picked = knapsack(group_size, [counts[i] for i in remaining])
         groups.append(tuple(remaining[i] for i in picked))
+        left -= sum(counts[w] for w in groups[-1])
         picked = set(picked)
         remaining = [w for i, w in enumerate(remaining) if i not in picked]
     return tuple(groups)
@@ -72,14 +83,18 @@ def grouping_cost(group_size: int, num_groups: int, channels: int) -> int:
 def _optimal_grouping(counts: Tuple[int, ...],
                       channels: int) -> Tuple[int, Partition, int]:
     total = sum(counts)
-    best = (0, (), float('inf'))
+    best = (0, (), None)
     for gs in range(max(counts), total + 1):
-        if total * (4 * channels**2 + 2 * gs * channels) >= best[2]:
+        per_group = grouping_cost(gs, 1, channels)
+        if best[2] is None:
+            max_groups = None
+        elif total * (4 * channels**2 + 2 * gs * channels) >= best[2]:
             break  # lower bound of every larger group size: done
-        groups = partition_windows(gs, counts)
-        cost = grouping_cost(gs, len(groups), channels)
-        if cost < best[2]:
-            best = (gs, groups, cost)
+        else:
+            max_groups = (best[2] - 1) // per_group  # to beat the best
+        groups = partition_windows(gs, counts, max_groups)
+        if groups is not None:
+            best = (gs, groups, len(groups) * per_group)
     return best
 
 
