@@ -212,3 +212,26 @@ def test_simmim_swin_config_builds():
     assert hasattr(model.backbone.stages[0].blocks[0].attn.w_msa, 'cpb')
     gen = [t for t in cfg.train_pipeline if t.type == 'SimMIMMaskGenerator']
     assert gen[0].input_size == 256
+
+
+@pytest.mark.parametrize('arch', ['swin', 'pvt'])
+def test_layer_wise_lr_decay_in_a_classifier(arch):
+    """mmpretrain's layer-decay constructor reads ``get_layer_depth``."""
+    from mmengine.optim import build_optim_wrapper
+    dims = 256 if arch == 'swin' else 64
+    model = MODELS.build(dict(
+        type='mmpretrain.ImageClassifier',
+        backbone=finetune_cfg(arch, None),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=10, in_channels=dims)))
+    wrapper = build_optim_wrapper(model, dict(
+        optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+        constructor='mmpretrain.LearningRateDecayOptimWrapperConstructor',
+        paramwise_cfg=dict(layer_decay_rate=0.5)))
+    lr = {g['param_name']: g['lr'] for g in wrapper.optimizer.param_groups}
+    stem = [v for k, v in lr.items() if 'patch_embed' in k]
+    head = [v for k, v in lr.items() if k.startswith('head.')]
+    assert max(stem) < min(head) == 1e-3
+    n = (sum(SWIN_TINY['depths']) if arch == 'swin' else
+         sum(PVT_TINY['depths'])) + 2
+    assert min(stem) == pytest.approx(1e-3 * 0.5**(n - 1))
