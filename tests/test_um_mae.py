@@ -107,19 +107,38 @@ def test_loss_only_on_dropped_patches():
     assert torch.isfinite(loss)
 
 
+def photo_batch(size=64):
+    """One real photo (scikit-image's astronaut), normalised like the data
+    preprocessor, with a uniform mask."""
+    import cv2
+    from skimage import data
+    img = cv2.resize(data.astronaut(), (size, size),
+                     interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    return (x - mean) / std, batch(n=1, size=size)[1]
+
+
 def test_overfits_one_batch():
     torch.manual_seed(0)
-    model = build()
-    x, samples = batch(n=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    cfg = copy.deepcopy(CFG.model)
+    cfg.backbone.arch = TINY
+    cfg.neck.update(embed_dim=256, decoder_embed_dim=128,
+                    decoder_num_heads=4, num_patches=16)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    x, samples = photo_batch(64)
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, betas=(0.9, 0.95),
+                            weight_decay=0)
     losses = []
-    for _ in range(40):
+    for _ in range(100):
         loss = model.loss(x, samples)['loss']
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] * 5 <= losses[0], losses
+    assert min(losses[-5:]) * 5 <= losses[0], losses
 
 
 def test_reconstruct_shape():

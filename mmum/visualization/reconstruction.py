@@ -34,6 +34,7 @@ def reconstruction_figure(inputs: torch.Tensor,
         masks: (B, h, w), 1 = dropped patch.
         secondary: (B, h, w), 1 = visible patch given to the encoder as a
             mask token (UM-MAE's secondary masking); drawn hatched-grey.
+            Dropped patches are drawn dark grey.
     """
     mean, std = torch.tensor(mean), torch.tensor(std)
     rows = []
@@ -42,7 +43,7 @@ def reconstruction_figure(inputs: torch.Tensor,
         rec = _to_image(recon[b], mean, std)
         drop = _patch_map(masks[b], orig.shape[:2])
         masked = orig.copy()
-        masked[drop] = (masked[drop] * 0.25 + 96).astype(np.uint8)
+        masked[drop] = 48
         if secondary is not None:
             sec = _patch_map(secondary[b], orig.shape[:2])
             yy, xx = np.mgrid[:orig.shape[0], :orig.shape[1]]

@@ -77,8 +77,11 @@ class UMMAE(BaseSelfSupervisor):
         B, _, H, W = inputs.shape
         grid = (H // self.patch_size, W // self.patch_size)
         try:
-            mask = torch.stack([ds.mask for ds in data_samples])
-            secondary = torch.stack([ds.secondary_mask for ds in data_samples])
+            mask = torch.stack(
+                [torch.as_tensor(ds.mask) for ds in data_samples])
+            secondary = torch.stack([
+                torch.as_tensor(ds.secondary_mask) for ds in data_samples
+            ])
         except (AttributeError, KeyError) as e:
             raise KeyError(
                 'UM-MAE needs `mask` and `secondary_mask` in every data '
