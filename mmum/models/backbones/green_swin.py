@@ -14,7 +14,7 @@ so a checkpoint loads into ``mmpretrain.models.SwinTransformer`` with
 
 Without a mask it returns what ``SwinTransformer`` returns.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from mmpretrain.models import SwinTransformer
@@ -149,10 +149,10 @@ class GreenSwinTransformer(SwinTransformer):
                                 for a, b in ((0, 0), (0, 1), (1, 0), (1, 1))],
                                1)  # N/4, 4 in nn.Unfold's kernel order
         x = x[:, lut[children]]  # B, N/4, 4, C
-        x = x.transpose(2, 3).reshape(B, -1, 4 * C)  # channel-major like Unfold
+        x = x.transpose(2, 3).reshape(B, -1, 4 * C)  # channel-major: Unfold
         x = downsample.reduction(downsample.norm(x))  # B, N/4, 2C
-        return x, torch.div(top_left, 2, rounding_mode='floor'), (H // 2,
-                                                                    W // 2)
+        coords = torch.div(top_left, 2, rounding_mode='floor')
+        return x, coords, (H // 2, W // 2)
 
 
 __all__ = ['GreenSwinTransformer']
