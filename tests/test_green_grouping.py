@@ -102,3 +102,20 @@ def test_group_plan_is_a_padded_permutation(shift):
     # no window is split across groups
     for w in win.unique():
         assert len((label == w).any(1).nonzero()) == 1
+
+
+def test_grouping_report_prints_every_stage(monkeypatch, capsys):
+    import runpy
+    import sys
+    path = 'tools/analysis_tools/grouping_report.py'
+    monkeypatch.setattr(sys, 'argv', [path, '--masks', '2'])
+    monkeypatch.chdir(__file__.rsplit('/tests/', 1)[0])
+    runpy.run_path(path, run_name='__main__')
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()
+            if line.split() and line.split()[0].isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [('1', '0'), ('1', '3'),
+                                            ('2', '0'), ('2', '3'),
+                                            ('3', '0'), ('3', '3'),
+                                            ('4', '0')]
+    assert 'optimal' in out and 'fixed' in out
