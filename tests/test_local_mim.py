@@ -272,3 +272,100 @@ def test_hog_subset_of_scales():
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match='not all among'):
         hog(img, [2])
+
+
+SWIN_TINY = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
+
+
+def tiny_um_local_mim():
+    """UM-MAE Swin (compact 64² input of a 128² image), decoders on the 4
+    stages with HOG targets at 32², 16², 8², 4² (16-px patch grid 8²)."""
+    torch.manual_seed(0)
+    model = MODELS.build(
+        dict(
+            type='mmum.UMLocalMIM',
+            data_preprocessor=dict(type='mmpretrain.SelfSupDataPreprocessor'),
+            backbone=dict(type='mmum.LocalMIMSwin', arch=SWIN_TINY,
+                          img_size=64, window_size=8,
+                          out_indices=(0, 1, 2, 3)),
+            neck=dict(type='mmum.LocalMIMCompactDecoder', embed_dims=16,
+                      num_heads=2),
+            head=dict(type='mmpretrain.MIMHead',
+                      loss=dict(type='mmpretrain.PixelReconstructionLoss',
+                                criterion='L2')),
+            target_generator=dict(type='mmum.HOGTarget')))
+    model.init_weights()
+    return model
+
+
+def um_batch(n=2, size=128, seed=0):
+    import numpy as np
+    from mmpretrain.structures import DataSample
+
+    from mmum.datasets.transforms import UniformMasking
+    np.random.seed(seed)
+    samples = []
+    for _ in range(n):
+        r = UniformMasking().transform(dict(img=np.zeros((size, size, 3))))
+        ds = DataSample()
+        ds.set_mask(torch.from_numpy(r['mask']))
+        ds.set_field(torch.from_numpy(r['secondary_mask']), 'secondary_mask')
+        samples.append(ds)
+    return torch.rand(n, 3, size, size), samples
+
+
+def test_um_local_mim_swin():
+    model = tiny_um_local_mim()
+    assert model.decoder_layers == (2, 4, 6, 8)  # last block of each stage
+    assert [d.unit_ratio for d in model.neck] == [4, 2, 1, 0.5]
+    img, samples = um_batch()
+    losses = model.loss(img, samples)
+    assert sorted(losses) == ['loss_16x16', 'loss_32x32', 'loss_4x4',
+                              'loss_8x8']
+    sum(losses.values()).backward()
+    assert all(d.pred.weight.grad is not None for d in model.neck)
+    bb = model.backbone
+    assert bb.get_layer_depth('backbone.mask_token', 'backbone.')[0] == 0
+    assert model.get_layer_depth(
+        'backbone.stages.0.downsample.reduction.weight')[0] == 2
+
+
+def test_um_local_mim_swin_frozen_prefix():
+    model = tiny_um_local_mim()
+    img, samples = um_batch()
+    bb = model.backbone
+    frozen = [p for params in bb.layer_params()[:3] for p in params]
+    assert any(p is bb.mask_token for p in frozen)
+    # through FreezeOutLR and DecoderPruningHook, with layers from
+    # get_layer_depth via mmpretrain's constructor
+    from types import SimpleNamespace
+
+    from mmengine.logging import MMLogger
+    from mmpretrain.engine.optimizers import \
+        LearningRateDecayOptimWrapperConstructor
+
+    from mmum.engine.hooks import DecoderPruningHook
+    from mmum.engine.schedulers.freezeout import FreezeOutLR
+    optim = LearningRateDecayOptimWrapperConstructor(
+        dict(type='OptimWrapper',
+             optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)),
+        paramwise_cfg=dict(layer_decay_rate=1.0))(model)
+    sched = FreezeOutLR(optim, end=100, by_epoch=False)
+    assert sched.num_layers == 9  # patch embedding + 8 blocks
+    sched.freeze_layers([0, 1, 2])
+    assert bb.num_frozen_layers() == 3
+    DecoderPruningHook().after_train_iter(
+        SimpleNamespace(model=model, optim_wrapper=optim,
+                        logger=MMLogger.get_current_instance()), 0)
+    assert model.pruned_decoders == {0}
+    fired = []
+    for m in [bb.patch_embed, bb.stages[0].blocks[1], bb.stages[0].downsample]:
+        m.register_forward_hook(
+            lambda m, i, o: fired.append(
+                (o[0] if isinstance(o, tuple) else o).requires_grad))
+    losses = model.loss(img, samples)
+    assert 'loss_32x32' not in losses
+    reach, _ = reachable_params(sum(losses.values()))
+    assert fired == [False, False, False]
+    assert not reach & {id(p) for p in frozen}
+    assert id(bb.stages[1].blocks[0].ffn.layers[0][0].weight) in reach

@@ -2,10 +2,11 @@
 
 Trains LocalMIM with 0, 1, 2, ... leading encoder layers frozen (and the
 decoders they feed pruned), through the same code paths as a real run, and
-prints the step time of each freezing stage. The whole-schedule time is the
-stage times weighted by how long each stage lasts under FreezeOutLR
-(``t_0``, ``spacing``), against the no-freezing baseline (stage 0 for the
-whole schedule). ViTFreeze reports 12.5% saved on ViT-B/16 (GPU).
+prints the step time of each freezing stage next to that of a never-frozen
+copy (steps interleaved, so that load on a shared machine hits both alike).
+The whole-schedule time is the stage/baseline ratios weighted by how long
+each stage lasts under FreezeOutLR (``t_0``, ``spacing``). ViTFreeze
+reports 12.5% saved on ViT-B/16 (GPU).
 
 The defaults (a ViT-Tiny-sized encoder with ViT-B's 12 blocks and decoder
 layout, 128² images so that the 4-32 px HOG cells still tile them, CPU)
@@ -42,7 +43,7 @@ def parse_args():
     p.add_argument('--arch', choices=sorted(ARCHS), default='tiny')
     p.add_argument('--img-size', type=int, default=128)
     p.add_argument('--batch-size', type=int, default=8)
-    p.add_argument('--iters', type=int, default=6,
+    p.add_argument('--iters', type=int, default=5,
                    help='timed steps per stage (median is reported)')
     p.add_argument('--warmup-iters', type=int, default=2)
     p.add_argument('--t0', type=float, default=0.8)
@@ -78,18 +79,26 @@ def build(args):
     return model, optim, sched
 
 
-def time_steps(model, optim, img, args):
-    times = []
+def step_time(model, optim, img, device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    optim.update_params(sum(model.loss(img, None).values()))
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_stage(runs, img, args):
+    """Median step time of each ``(model, optim)`` in ``runs``, their steps
+    interleaved so that a change in machine load hits all of them alike."""
+    times = [[] for _ in runs]
     for i in range(args.warmup_iters + args.iters):
-        if args.device.startswith('cuda'):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        optim.update_params(sum(model.loss(img, None).values()))
-        if args.device.startswith('cuda'):
-            torch.cuda.synchronize()
-        if i >= args.warmup_iters:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for t, (model, optim) in zip(times, runs):
+            step = step_time(model, optim, img, args.device)
+            if i >= args.warmup_iters:
+                t.append(step)
+    return [statistics.median(t) for t in times]
 
 
 def main():
@@ -97,7 +106,9 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, optim, sched = build(args)
-    model.train()
+    torch.manual_seed(0)
+    base_model, base_optim, _ = build(args)  # never frozen
+    model.train(), base_model.train()
     img = torch.randn(args.batch_size, 3, args.img_size, args.img_size,
                       device=args.device)
     num_layers = sched.num_layers  # patch embedding + blocks
@@ -106,9 +117,11 @@ def main():
           f'batch={args.batch_size} device={args.device} '
           f'threads={torch.get_num_threads()} FreezeOut t_0={args.t0} '
           f'{args.spacing}{" (no decoder pruning)" if args.no_prune else ""}')
+    print('step times are medians; each stage is timed alternating with the '
+          'no-freezing baseline')
     print(f'{"stage":>5} {"frozen":>9} {"decoders":>8} {"step ms":>9} '
-          f'{"vs base":>8} {"schedule":>9}')
-    total, base = 0., None
+          f'{"base ms":>9} {"ratio":>6} {"schedule":>9}')
+    total = 0.
     for k in range(num_layers):  # stage k: layers 0 .. k-1 frozen
         if k:
             sched.freeze_layers([k - 1])
@@ -116,16 +129,17 @@ def main():
                 for d, layer in enumerate(model.decoder_layers):
                     if layer < k and d not in model.pruned_decoders:
                         freeze_params(optim, model.prune_decoder(d))
-        step = time_steps(model, optim, img, args)
-        base = base or step
+        step, base = time_stage([(model, optim), (base_model, base_optim)],
+                                img, args)
         frac = t[k] - (t[k - 1] if k else 0.)  # share of the schedule
-        total += step * frac
+        total += step / base * frac
         print(f'{k:>5} {f"0..{k - 1}" if k else "-":>9} '
               f'{len(model.neck) - len(model.pruned_decoders):>8} '
-              f'{step * 1e3:>9.1f} {step / base:>8.3f} {frac:>9.3f}',
+              f'{step * 1e3:>9.1f} {base * 1e3:>9.1f} {step / base:>6.3f} '
+              f'{frac:>9.3f}',
               flush=True)
-    print(f'whole schedule: {total / base:.3f} of the no-freezing baseline, '
-          f'time saved {100 * (1 - total / base):.1f}% '
+    print(f'whole schedule: {total:.3f} of the no-freezing baseline, '
+          f'time saved {100 * (1 - total):.1f}% '
           f'(ViTFreeze paper: 12.5%, target >= 20%)')
 
 

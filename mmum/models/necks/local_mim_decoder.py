@@ -2,6 +2,7 @@
 from typing import Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmpretrain.models.backbones.vision_transformer import \
     TransformerEncoderLayer
@@ -87,7 +88,52 @@ class LocalMIMDecoder(BaseModule):
         patches = torch.gather(patches, 1,
                                ids_restore[..., None].expand(-1, -1, D))
         x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed
-        x = self.norm(self.block(x))[:, 1:]  # (B, N, D)
-        x = x.transpose(1, 2).reshape(B, D, *self.grid)
+        return self.decode(self.block(x)[:, 1:])
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens of the patch grid -> (B, out_h * out_w,
+        out_channels)."""
+        x = self.norm(x).transpose(1, 2).reshape(x.shape[0], -1, *self.grid)
         x = self.pred(self.resize(x))  # (B, out_channels, out_h, out_w)
         return x.flatten(2).transpose(1, 2)
+
+
+@MODELS.register_module()
+class LocalMIMCompactDecoder(LocalMIMDecoder):
+    """:class:`LocalMIMDecoder` for one stage of a hierarchical encoder run
+    on UM-MAE's compact image (one visible patch per 2x2 cell).
+
+    The stage map is brought to one token per visible patch (space-to-depth
+    where it is finer, repetition where it is coarser), and the tokens go
+    back to their places in the full patch grid among mask tokens.
+
+    Args:
+        in_channels (int): Channels of the stage.
+        unit_ratio (float): Map cells per visible patch along a side, e.g.
+            4, 2, 1, 0.5 for the four stages of Swin with 16-px patches.
+        **kwargs: :class:`LocalMIMDecoder` arguments.
+    """
+
+    def __init__(self, in_channels: int, unit_ratio: float, **kwargs) -> None:
+        if not (float(unit_ratio).is_integer() or
+                (1 / unit_ratio).is_integer()):
+            raise ValueError(f'LocalMIMCompactDecoder: unit_ratio='
+                             f'{unit_ratio} must be an integer or 1/integer')
+        self.unit_ratio = unit_ratio
+        if unit_ratio > 1:
+            in_channels *= int(unit_ratio)**2
+        super().__init__(in_channels=in_channels, **kwargs)
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) stage map, (B, N_vis) full-grid index of each visible
+        patch (row-major, as the compact image) -> (B, out_h * out_w,
+        out_channels)."""
+        if self.unit_ratio > 1:
+            x = F.pixel_unshuffle(x, int(self.unit_ratio))
+        elif self.unit_ratio < 1:
+            x = F.interpolate(x, scale_factor=int(1 / self.unit_ratio))
+        x = self.embed(self.norm_in(x.flatten(2).transpose(1, 2)))
+        B, _, D = x.shape  # (B, N_vis, D)
+        full = self.mask_token.repeat(B, self.grid[0] * self.grid[1], 1)
+        full = full.scatter(1, index[..., None].expand(-1, -1, D), x)
+        return self.decode(self.block(full + self.pos_embed[:, 1:]))

@@ -8,7 +8,7 @@ one after another: the frozen prefix then runs without autograd, and
 :class:`mmum.DecoderPruningHook` drops a decoder (and its target) once the
 block that feeds it is frozen.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,19 @@ from mmpretrain.models.selfsup.mae import MAEViT
 from mmpretrain.structures import DataSample
 from torch import nn
 
+from mmum.models.backbones.um_swin import UMSwinTransformer
 from mmum.registry import MODELS
+from .um_mae import UMMAE
+
+
+def num_frozen_layers(layers: List[List[nn.Parameter]]) -> int:
+    """Number of leading layers with no parameter requiring grad."""
+    n = 0
+    for params in layers:
+        if any(p.requires_grad for p in params):
+            break
+        n += 1
+    return n
 
 
 @MODELS.register_module()
@@ -47,13 +59,7 @@ class LocalMIMViT(MAEViT):
                 ] + [list(layer.parameters()) for layer in self.layers]
 
     def num_frozen_layers(self) -> int:
-        """Number of leading layers with no parameter requiring grad."""
-        n = 0
-        for params in self.layer_params():
-            if any(p.requires_grad for p in params):
-                break
-            n += 1
-        return n
+        return num_frozen_layers(self.layer_params())
 
     def forward(self, x: torch.Tensor, mask: bool = True):
         """(B, 3, H, W) -> (tuple of (B, 1 + L_vis, C) per out index,
@@ -114,17 +120,21 @@ class LocalMIM(BaseSelfSupervisor):
                 f'LocalMIM: {len(out_indices)} backbone out_indices '
                 f'{out_indices} but {len(cells)} target cell_sizes {cells}; '
                 'give one scale per decoder')
-        grid = self.backbone.patch_resolution
-        img = self.backbone.img_size
-        self.neck = nn.ModuleList(
-            MODELS.build(
-                dict(neck, in_channels=self.backbone.embed_dims, grid=grid,
-                     out_size=(img[0] // c, img[1] // c),
-                     out_channels=self.target_generator.out_channels))
-            for c in cells)
+        self.neck = nn.ModuleList(self.decoders(neck))
         # decoder k is fed by layer decoder_layers[k] (get_layer_depth order)
         self.decoder_layers = tuple(i + 1 for i in out_indices)
         self.pruned_decoders = set()
+
+    def decoders(self, neck: dict) -> List[nn.Module]:
+        img = self.backbone.img_size
+        return [
+            MODELS.build(
+                dict(neck, in_channels=self.backbone.embed_dims,
+                     grid=self.backbone.patch_resolution,
+                     out_size=(img[0] // c, img[1] // c),
+                     out_channels=self.target_generator.out_channels))
+            for c in self.target_generator.cell_sizes
+        ]
 
     def num_frozen_layers(self) -> int:
         return self.backbone.num_frozen_layers()
@@ -144,15 +154,24 @@ class LocalMIM(BaseSelfSupervisor):
     def loss(self, inputs: torch.Tensor, data_samples: List[DataSample],
              **kwargs) -> Dict[str, torch.Tensor]:
         feats, mask, ids_restore = self.backbone(inputs)
+        grid = self.backbone.patch_resolution
+        return self.local_losses(inputs, feats, ids_restore,
+                                 mask.view(-1, 1, *grid))
+
+    def local_losses(self, inputs: torch.Tensor, feats: Sequence,
+                     where: torch.Tensor,
+                     mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Loss of every decoder left: ``feats[k]`` feeds decoder ``k``
+        with ``where`` (how to place the visible tokens), ``mask`` is
+        (B, 1, h, w) on the patch grid, 1 = masked."""
         active = [k for k in range(len(self.neck))
                   if k not in self.pruned_decoders]
         cells = self.target_generator.cell_sizes
         targets = self.target_generator(inputs, [cells[k] for k in active])
-        B = inputs.shape[0]
-        mask = mask.view(B, 1, *self.backbone.patch_resolution)
+        mask = mask.float()
         losses = {}
         for k, target in zip(active, targets):
-            pred = self.neck[k](feats[k], ids_restore)  # (B, h * w, C)
+            pred = self.neck[k](feats[k], where)  # (B, h * w, C)
             size = target.shape[-2:]
             if size[0] >= mask.shape[-2]:
                 weight = F.interpolate(mask, size=size, mode='nearest')
@@ -161,3 +180,113 @@ class LocalMIM(BaseSelfSupervisor):
             losses[f'loss_{size[0]}x{size[1]}'] = self.head.loss(
                 pred, target.flatten(2).transpose(1, 2), weight.flatten(1))
         return losses
+
+
+@MODELS.register_module()
+class LocalMIMSwin(UMSwinTransformer):
+    """UM-MAE's Swin encoder (compact input) for LocalMIM with freezing.
+
+    Layers are those of ``get_layer_depth``: layer 0 is the patch embedding
+    with the mask token, layer ``k`` is block ``k`` counted over all stages,
+    a stage's patch merging going with its last block. Leading frozen
+    layers run under ``torch.no_grad``. Returns the (normalised) map of
+    every stage in ``out_indices``, as :class:`mmum.UMSwinTransformer`.
+    """
+
+    def get_layer_depth(self, param_name: str, prefix: str = ''):
+        if param_name == prefix + 'mask_token':
+            return 0, sum(self.depths) + 2
+        return super().get_layer_depth(param_name, prefix)
+
+    def layer_params(self) -> List[List[nn.Parameter]]:
+        """Trainable parameters of each layer, in ``get_layer_depth`` order."""
+        layers = [[] for _ in range(sum(self.depths) + 1)]
+        for name, p in self.named_parameters():
+            depth, num = self.get_layer_depth(name)
+            if depth < num - 1:
+                layers[depth].append(p)
+        return layers
+
+    def num_frozen_layers(self) -> int:
+        return num_frozen_layers(self.layer_params())
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        """x: compact input (B, 3, H/2, W/2); mask: (B, H/2u, W/2u), 1 = unit
+        replaced by the mask token -> tuple of (B, C_i, h_i, w_i)."""
+        if mask is None:
+            return super().forward(x)
+        n_frozen = self.num_frozen_layers()
+        grad = torch.is_grad_enabled()
+        self.check_compact_input(x.shape[-2:])
+        with torch.set_grad_enabled(grad and n_frozen == 0):
+            x, hw_shape = self.patch_embed(x)  # (B, L, C)
+            B, L, _ = x.shape
+            scale = hw_shape[0] // mask.shape[-2]
+            w = mask.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+            w = w.flatten(1).unsqueeze(-1).type_as(x)  # (B, L, 1)
+            x = x * (1. - w) + self.mask_token.expand(B, L, -1) * w
+            x = self.drop_after_pos(x)
+        outs, depth = [], 0
+        for i, stage in enumerate(self.stages):
+            for block in stage.blocks:
+                depth += 1
+                with torch.set_grad_enabled(grad and depth >= n_frozen):
+                    x = block(x, hw_shape)
+            if i in self.out_indices:
+                out = getattr(self, f'norm{i}')(x)
+                outs.append(out.view(-1, *hw_shape, self.num_features[i])
+                            .permute(0, 3, 1, 2).contiguous())
+            if stage.downsample is not None:
+                with torch.set_grad_enabled(grad and depth >= n_frozen):
+                    x, hw_shape = stage.downsample(x, hw_shape)
+        return tuple(outs)
+
+
+@MODELS.register_module()
+class UMLocalMIM(LocalMIM):
+    """LocalMIM on a hierarchical encoder with UM-MAE's uniform masking.
+
+    The pipeline's ``mmum.UniformMasking`` leaves one visible patch per 2x2
+    cell; the encoder (e.g. :class:`mmum.LocalMIMSwin`) sees the compact
+    image of those patches, and decoder ``k``
+    (:class:`mmum.LocalMIMCompactDecoder`) reads stage
+    ``backbone.out_indices[k]``, puts its tokens back in the full patch grid
+    and predicts the HOG of ``target_generator.cell_sizes[k]``; the loss is
+    taken on the dropped patches. Decoder ``k`` is pruned once the last
+    block of its stage is frozen.
+
+    Args:
+        patch_size (int): Masking unit in pixels. Defaults to 16.
+        **kwargs: :class:`LocalMIM` arguments.
+    """
+    masks = UMMAE.masks  # UM-MAE's masks and compact image, shared
+    compact = UMMAE.compact
+
+    def __init__(self, *args, patch_size: int = 16, **kwargs) -> None:
+        self.patch_size = patch_size
+        super().__init__(*args, **kwargs)
+        depths = self.backbone.depths
+        self.decoder_layers = tuple(
+            sum(depths[:i + 1]) for i in self.backbone.out_indices)
+
+    def decoders(self, neck: dict) -> List[nn.Module]:
+        bb = self.backbone
+        compact = bb.patch_embed.init_input_size  # (H/2, W/2)
+        full = (2 * compact[0], 2 * compact[1])
+        units = compact[0] // self.patch_size  # visible patches per side
+        return [
+            MODELS.build(
+                dict(neck, in_channels=bb.num_features[i],
+                     unit_ratio=bb.patch_resolution[0] / 2**i / units,
+                     grid=(full[0] // self.patch_size,
+                           full[1] // self.patch_size),
+                     out_size=(full[0] // c, full[1] // c),
+                     out_channels=self.target_generator.out_channels))
+            for i, c in zip(bb.out_indices, self.target_generator.cell_sizes)
+        ]
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[DataSample],
+             **kwargs) -> Dict[str, torch.Tensor]:
+        mask, index, secondary = self.masks(inputs, data_samples)
+        feats = self.backbone(self.compact(inputs, index), secondary)
+        return self.local_losses(inputs, feats, index, mask[:, None])
