@@ -369,3 +369,16 @@ def test_um_local_mim_swin_frozen_prefix():
     assert fired == [False, False, False]
     assert not reach & {id(p) for p in frozen}
     assert id(bb.stages[1].blocks[0].ffn.layers[0][0].weight) in reach
+
+
+def test_local_mim_swin_equals_um_swin():
+    """The freezing-aware forward computes what UM-MAE's Swin computes."""
+    from mmum.models.backbones.um_swin import UMSwinTransformer
+    model = tiny_um_local_mim()
+    img, samples = um_batch()
+    mask, index, secondary = model.masks(img, samples)
+    x = model.compact(img, index)
+    model.eval()
+    for a, b in zip(model.backbone(x, secondary),
+                    UMSwinTransformer.forward(model.backbone, x, secondary)):
+        torch.testing.assert_close(a, b)
