@@ -39,11 +39,8 @@ model = dict(
         dict(type='CutMix', alpha=1.0)
     ]))
 
-train_dataloader = dict(
-    batch_size=128,
-    collate_fn=dict(_delete_=True, type='default_collate'))
-val_dataloader = dict(collate_fn=dict(_delete_=True, type='default_collate'))
-test_dataloader = val_dataloader
+# 8 GPUs x 128 images x 2 accumulation steps = 2048
+train_dataloader = dict(batch_size=128)
 
 optim_wrapper = dict(
     type='AmpOptimWrapper',

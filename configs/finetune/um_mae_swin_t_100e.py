@@ -42,13 +42,8 @@ model = dict(
         dict(type='CutMix', alpha=1.0)
     ]))
 
-train_dataloader = dict(
-    batch_size=64,
-    # inheriting `mmpretrain::` injects `_scope_` into every dict; the
-    # collate function must not receive it
-    collate_fn=dict(_delete_=True, type='default_collate'))
-val_dataloader = dict(collate_fn=dict(_delete_=True, type='default_collate'))
-test_dataloader = val_dataloader
+# 8 GPUs x 64 images x 2 accumulation steps = 1024
+train_dataloader = dict(batch_size=64)
 
 # AdamW, blr 5e-4 x 1024 / 256, betas (0.9, 0.999), wd 0.05; layer-wise lr
 # decay 0.85: parameters at depth d of L get lr x 0.85 ** (L - 1 - d)
