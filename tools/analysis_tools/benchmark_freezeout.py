@@ -118,7 +118,8 @@ def main():
           f'threads={torch.get_num_threads()} FreezeOut t_0={args.t0} '
           f'{args.spacing}{" (no decoder pruning)" if args.no_prune else ""}')
     print('step times are medians; each stage is timed alternating with the '
-          'no-freezing baseline')
+          'no-freezing baseline (stage 0 compares two identical models: its '
+          'ratio shows the timing noise)')
     print(f'{"stage":>5} {"frozen":>9} {"decoders":>8} {"step ms":>9} '
           f'{"base ms":>9} {"ratio":>6} {"schedule":>9}')
     total = 0.
