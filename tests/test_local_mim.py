@@ -382,3 +382,33 @@ def test_local_mim_swin_equals_um_swin():
     for a, b in zip(model.backbone(x, secondary),
                     UMSwinTransformer.forward(model.backbone, x, secondary)):
         torch.testing.assert_close(a, b)
+
+
+def test_swin_config_builds_and_runs():
+    """configs/vitfreeze/swin_t_100e.py: Swin-T, 13 freezable layers, one
+    loss step on a uniformly masked 256² batch."""
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+
+    from mmum.registry import PARAM_SCHEDULERS
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = Config.fromfile(osp.join(root, 'configs/vitfreeze/swin_t_100e.py'))
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = MODELS.build(
+            dict(cfg.model, data_preprocessor=cfg.data_preprocessor))
+    assert model.decoder_layers == (2, 4, 10, 12)
+    optim_cfg = dict(cfg.optim_wrapper, type='OptimWrapper')  # AMP: GPU
+    optim_cfg.pop('loss_scale')
+    optim = build_optim_wrapper(model, optim_cfg)
+    sched_cfg = dict(cfg.param_scheduler[0])
+    sched_cfg.pop('_scope_', None)
+    sched = PARAM_SCHEDULERS.build(
+        sched_cfg, default_args=dict(optimizer=optim, epoch_length=10))
+    assert sched.num_layers == 13  # patch embedding + 2 + 2 + 6 + 2 blocks
+    img, samples = um_batch(n=1, size=256)
+    losses = model.loss(img, samples)
+    assert sorted(losses) == ['loss_16x16', 'loss_32x32', 'loss_64x64',
+                              'loss_8x8']
