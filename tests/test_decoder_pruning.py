@@ -235,3 +235,17 @@ def test_ddp_two_processes_kill_and_resume(tmp_path):
     assert not any(g['param_name'].startswith(('neck.0.', 'neck.1.',
                                                'neck.2.'))
                    for g in a['optimizer']['param_groups'])
+
+
+def test_freezeout_hook_checks():
+    from mmum.engine.hooks import FreezeOutHook
+    model = tiny_local_mim()
+    optim = optim_for(model)
+    runner = SimpleNamespace(model=model, param_schedulers=[])
+    with pytest.raises(ValueError, match='no FreezeOutLR'):
+        FreezeOutHook().before_train(runner)
+    runner.param_schedulers = [FreezeOutLR(optim, end=10, by_epoch=False)]
+    FreezeOutHook().before_train(runner)
+    runner.model = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match='get_layer_depth'):
+        FreezeOutHook().before_train(runner)

@@ -45,6 +45,11 @@ class FreezeOutHook(Hook):
             raise ValueError('FreezeOutHook: no FreezeOutLR in '
                              'param_scheduler')
         model = runner.model
+        inner = model.module if is_model_wrapper(model) else model
+        if not hasattr(inner, 'get_layer_depth'):
+            raise TypeError(f'FreezeOutHook: {type(inner).__name__} has no '
+                            '`get_layer_depth(param_name)` to tell which '
+                            'modules belong to which layer')
         if (isinstance(model, DistributedDataParallel)
                 and not model.find_unused_parameters):
             raise ValueError(
