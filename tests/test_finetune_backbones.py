@@ -80,17 +80,18 @@ def backbone_state(ckpt):
             if k.startswith('backbone.')}
 
 
-SETTINGS = [
-    ('swin', dict(window_size=16, out_indices=(3, ))),  # classification
+SETTINGS = [  # (arch, backbone settings, input sizes)
+    ('swin', dict(window_size=16, out_indices=(3, )), (256, )),  # cls
     ('swin', dict(window_size=7, pad_small_map=True,
-                  out_indices=(0, 1, 2, 3))),  # dense tasks
-    ('pvt', dict(img_size=224, out_indices=(3, ))),
-    ('pvt', dict(img_size=512, out_indices=(0, 1, 2, 3))),
+                  out_indices=(0, 1, 2, 3)), (224, 256, 512)),  # dense
+    ('pvt', dict(img_size=224, out_indices=(3, )), (256, )),
+    ('pvt', dict(img_size=512, out_indices=(0, 1, 2, 3)), (224, 256, 512)),
 ]
 
 
-@pytest.mark.parametrize('arch,kwargs', SETTINGS)
-def test_loads_pretraining_checkpoint_strictly(checkpoints, arch, kwargs):
+@pytest.mark.parametrize('arch,kwargs,sizes', SETTINGS)
+def test_loads_pretraining_checkpoint_strictly(checkpoints, arch, kwargs,
+                                               sizes):
     ckpt, pretrained = checkpoints[arch]
     model = MODELS.build(finetune_cfg(arch, None, **kwargs))
     # strict torch check: only the fine-tuning output norms may be missing,
@@ -108,7 +109,7 @@ def test_loads_pretraining_checkpoint_strictly(checkpoints, arch, kwargs):
         if k != 'mask_token':
             assert torch.equal(ours[k], v), k
     model.eval()
-    for size in (224, 256, 512):
+    for size in sizes:
         outs = model(torch.randn(1, 3, size, size))
         strides = [4 * 2**i for i in model.out_indices]
         assert [o.shape[-1] for o in outs] == [
