@@ -1,0 +1,134 @@
+"""tools/analysis_tools/benchmark_pretrain.py in tiny mode: the table has its
+rows and columns, and the ratios are the measured values' ratios."""
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def bench():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_pretrain',
+        osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_pretrain.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def run(bench):
+    """One tiny run of a pair of each kind (ViTFreeze at one point)."""
+    threads = torch.get_num_threads()
+    import io
+    from contextlib import redirect_stdout
+    out = io.StringIO()
+    try:
+        with redirect_stdout(out):
+            results = bench.main([
+                '--tiny', '--batch-size', '1', '--warmup', '0', '--steps',
+                '2', '--methods', 'simmim_swin_t', 'ummae_swin_t',
+                'simmim_pvt_s', 'ummae_pvt_s', 'simmim_swin_b',
+                'greenmim_swin_b', 'localmim_vit_b', 'vitfreeze_vit_b@0.8'
+            ])
+    finally:
+        torch.set_num_threads(threads)
+    return results, out.getvalue()
+
+
+def test_table_rows_and_columns(bench, run):
+    results, text = run
+    assert [r['name'] for r in results] == [
+        'simmim_swin_t', 'ummae_swin_t', 'simmim_pvt_s', 'ummae_pvt_s',
+        'simmim_swin_b', 'greenmim_swin_b', 'localmim_vit_b',
+        'vitfreeze_vit_b@0.8'
+    ]
+    lines = [ln for ln in text.splitlines() if ln.startswith('| ')]
+    header = [c.strip() for c in lines[0].strip('|').split('|')]
+    assert header == [c[0] for c in bench.COLUMNS]
+    for col in ('step ms', 'peak MiB', 'train GFLOP/img', 'enc tok/img',
+                'time x', 'mem x', 'FLOPs x', 'grouping %', 'targets'):
+        assert col in header
+    body = [[c.strip() for c in ln.strip('|').split('|')] for ln in lines[1:]]
+    assert len(body) == len(results)
+    methods = [b[0] for b in body]
+    assert methods[:6] == ['SimMIM', 'UM-MAE', 'SimMIM', 'UM-MAE', 'SimMIM',
+                           'GreenMIM']
+    assert methods[7].startswith('ViTFreeze@0.8 (')
+    assert 'peak MiB:' in text and 'device:' in text
+    for r in results:
+        assert len(r['times']) == 2 and r['time_ms'] > 0
+        assert r['mem_mib'] > 0 and r['train_gflops'] > 0
+        assert 0 < r['enc_gflops'] < r['train_gflops']
+
+
+def test_ratios_are_the_measured_ratios(run):
+    results, text = run
+    by = {r['name']: r for r in results}
+    for name, ref in [('ummae_swin_t', 'simmim_swin_t'),
+                      ('ummae_pvt_s', 'simmim_pvt_s'),
+                      ('greenmim_swin_b', 'simmim_swin_b'),
+                      ('vitfreeze_vit_b@0.8', 'localmim_vit_b')]:
+        r, b = by[name], by[ref]
+        assert r['time_x'] == pytest.approx(b['time_ms'] / r['time_ms'])
+        assert r['mem_x'] == pytest.approx(b['mem_mib'] / r['mem_mib'])
+        assert r['flops_x'] == pytest.approx(b['train_gflops'] /
+                                             r['train_gflops'])
+        assert r['enc_flops_x'] == pytest.approx(b['enc_gflops'] /
+                                                 r['enc_gflops'])
+        assert f"{r['time_x']:.2f}" in text
+    for name in ('simmim_swin_t', 'simmim_pvt_s', 'simmim_swin_b',
+                 'localmim_vit_b'):
+        assert by[name]['time_x'] is None
+
+
+def test_measured_quantities(run):
+    results, _ = run
+    by = {r['name']: r for r in results}
+    # tokens entering the first block: UM-MAE's compact quarter, GreenMIM's
+    # visible units (int(49 * 0.25) = 12 units of 8x8 stage-1 tokens)
+    assert by['simmim_swin_t']['tokens'] == 64 * 64
+    assert by['ummae_swin_t']['tokens'] == 32 * 32
+    assert by['ummae_pvt_s']['tokens'] == 32 * 32
+    assert by['simmim_swin_b']['tokens'] == 56 * 56
+    assert by['greenmim_swin_b']['tokens'] == 12 * 64
+    assert by['localmim_vit_b']['tokens'] == 1 + 49
+    # fewer tokens, fewer encoder FLOPs; freezing cuts the backward
+    assert by['ummae_swin_t']['enc_flops_x'] > 3
+    assert by['greenmim_swin_b']['enc_flops_x'] > 3
+    assert by['vitfreeze_vit_b@0.8']['flops_x'] > 1
+    assert by['vitfreeze_vit_b@0.8']['frozen'].startswith('8 layers')
+    g = by['greenmim_swin_b']
+    assert 0 < g['grouping_pct'] < 100
+    assert by['simmim_swin_b']['grouping_pct'] is None
+    # a verdict for every target
+    assert by['ummae_swin_t']['verdict'].count('met') + by['ummae_swin_t'][
+        'verdict'].count('MISSED') == 3
+    assert 'grp<=2%' in g['verdict']
+
+
+def test_targets_verdicts(bench):
+    rows = [
+        dict(name='a', ref=None, targets={}, time_ms=10., mem_mib=30.,
+             train_gflops=8., enc_gflops=4., grouping_pct=None),
+        dict(name='b', ref='a', targets=dict(time=2.5, mem=3.0,
+                                              enc_flops=3.8),
+             time_ms=4., mem_mib=10., train_gflops=2., enc_gflops=1.,
+             grouping_pct=None),
+    ]
+    bench.add_ratios(rows)
+    assert rows[1]['time_x'] == 2.5 and rows[1]['mem_x'] == 3.0
+    assert rows[1]['enc_flops_x'] == 4.0 and rows[1]['flops_x'] == 4.0
+    assert rows[1]['verdict'] == ('time>=2.5x met, mem>=3x met, '
+                                  'encF>=3.8x met')
+    rows[1]['time_ms'] = 5.
+    bench.add_ratios(rows)
+    assert rows[1]['verdict'].startswith('time>=2.5x MISSED')
+
+
+def test_bad_method_is_a_clear_error(bench):
+    with pytest.raises(ValueError, match='unknown rows'):
+        bench.main(['--methods', 'mae_swin_t'])

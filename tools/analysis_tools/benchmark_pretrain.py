@@ -1,0 +1,624 @@
+"""Pre-training efficiency of UM-MAE, GreenMIM and ViTFreeze against their
+baselines, side by side, in one table (issue 8).
+
+Every row is built from its real config (only batch size, resolution and
+step counts are overridden) and trained on synthetic images that go through
+the config's own masking transforms (``mmum.UniformMasking``,
+``SimMIMMaskGenerator``, ...), ``PackInputs``, collate function, the model's
+``data_preprocessor`` and ``train_step`` (forward, loss, backward, optimizer
+step with the config's optimizer; AMP on GPU only). The rows of a pair run
+in one process with their steps interleaved round-robin, so a change of
+machine load hits all of them alike.
+
+Pairs (``--methods`` selects rows by name, see ``--list``):
+
+- UM-MAE vs SimMIM, Swin-T and PVT-S, 256 px (UM-MAE paper, Table 3);
+- GreenMIM vs SimMIM, Swin-B, 224 px, window 7 (``--swin-l`` adds Swin-L,
+  window 14);
+- LocalMIM ViT-B without freezing vs ViTFreeze (FreezeOut) at several
+  points of its schedule (layers frozen and decoders pruned as they would
+  be at that point).
+
+Columns: step time (median and min-max over the measured steps), peak memory
+of a step, training FLOPs (forward + backward, ``FlopCounterMode``) of the
+whole model and of the encoder, encoder tokens per image (tokens entering the
+first block), the ratios against the reference row of the same architecture
+(SimMIM; LocalMIM without freezing for ViTFreeze), the issue's targets
+(met / missed) and, for GreenMIM, the share of the step spent building the
+window grouping.
+
+Default (small) settings, a few minutes on two CPU cores::
+
+    python tools/analysis_tools/benchmark_pretrain.py
+    python tools/analysis_tools/benchmark_pretrain.py --device cuda \
+        --batch-size 64 --steps 20 --swin-l
+    python tools/analysis_tools/benchmark_pretrain.py --tiny   # smoke test
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import time
+import warnings
+from contextlib import contextmanager
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.dataset import default_collate, pseudo_collate
+from mmengine.logging import MMLogger
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import DefaultScope
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+import mmum  # noqa: F401
+import mmum.models.backbones.green_swin as green_swin
+from mmum.engine.schedulers.freezeout import FreezeOutLR, freeze_params
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+SIMMIM_SWIN_B = ('mmpretrain::simmim/'
+                 'simmim_swin-base-w6_8xb256-amp-coslr-100e_in1k-192px.py')
+SIMMIM_SWIN_L = ('mmpretrain::simmim/'
+                 'simmim_swin-large-w12_16xb128-amp-coslr-800e_in1k-192px.py')
+VITFREEZE_POINTS = (0.6, 0.8, 0.95)
+COLLATE = dict(default_collate=default_collate, pseudo_collate=pseudo_collate)  # schedule fractions of the ViTFreeze rows
+
+
+def _row(method, arch, config, img, family, ref=None, targets=None,
+         **extra):
+    return dict(method=method, arch=arch, config=config, img=img,
+                family=family, ref=ref, targets=targets or {}, **extra)
+
+
+# name -> how to build the row; ``ref`` names the row the ratios divide by
+ROWS = {
+    'simmim_swin_t': _row('SimMIM', 'Swin-T',
+                          'configs/simmim/swin_t_256_200e.py', 256, 'simmim'),
+    'ummae_swin_t': _row('UM-MAE', 'Swin-T', 'configs/um_mae/swin_t_200e.py',
+                         256, 'ummae', ref='simmim_swin_t',
+                         targets=dict(time=2.5, mem=3.0, enc_flops=3.8)),
+    'simmim_pvt_s': _row('SimMIM', 'PVT-S', 'configs/simmim/pvt_s_256_200e.py',
+                         256, 'simmim'),
+    'ummae_pvt_s': _row('UM-MAE', 'PVT-S', 'configs/um_mae/pvt_s_200e.py', 256,
+                        'ummae', ref='simmim_pvt_s',
+                        targets=dict(time=2.0, mem=2.0)),
+    'simmim_swin_b': _row('SimMIM', 'Swin-B', SIMMIM_SWIN_B, 224, 'simmim',
+                          window=7),
+    'greenmim_swin_b': _row('GreenMIM', 'Swin-B',
+                            'configs/green_mim/swin_b_800e.py', 224,
+                            'greenmim', ref='simmim_swin_b',
+                            targets=dict(time=2.7, mem=1 / 0.3,
+                                         grouping=2.0)),
+    'simmim_swin_l': _row('SimMIM', 'Swin-L', SIMMIM_SWIN_L, 224, 'simmim',
+                          window=14),
+    'greenmim_swin_l': _row('GreenMIM', 'Swin-L',
+                            'configs/green_mim/swin_l_800e.py', 224,
+                            'greenmim', ref='simmim_swin_l',
+                            targets=dict(time=2.7, mem=1 / 0.3,
+                                         grouping=2.0)),
+    'localmim_vit_b': _row('LocalMIM', 'ViT-B',
+                           'configs/vitfreeze/local_mim_vit_b_100e.py', 224,
+                           'localmim'),
+    **{
+        f'vitfreeze_vit_b@{t}': _row(f'ViTFreeze@{t}', 'ViT-B',
+                                     'configs/vitfreeze/vit_b_100e.py', 224,
+                                     'localmim', ref='localmim_vit_b',
+                                     freeze_at=t)
+        for t in VITFREEZE_POINTS
+    },
+}
+# rows timed together (interleaved), in table order
+PAIRS = [['simmim_swin_t', 'ummae_swin_t'], ['simmim_pvt_s', 'ummae_pvt_s'],
+         ['simmim_swin_b', 'greenmim_swin_b'],
+         ['simmim_swin_l', 'greenmim_swin_l'],
+         ['localmim_vit_b'] + [f'vitfreeze_vit_b@{t}'
+                               for t in VITFREEZE_POINTS]]
+OPTIONAL = ('simmim_swin_l', 'greenmim_swin_l')  # only with --swin-l
+
+# tiny architectures for --tiny (smoke tests): same code paths, little work
+TINY_SWIN = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
+TINY_PVT = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                num_heads=[1, 1, 2, 4], mlp_ratios=[4, 4, 4, 4])
+TINY_VIT = dict(embed_dims=64, num_layers=12, num_heads=2,
+                feedforward_channels=128)
+TINY_DECODER = dict(decoder_embed_dim=64, decoder_num_heads=4)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--methods', nargs='+', metavar='ROW',
+                   help='rows to run (default: all but Swin-L); a pair '
+                   'runs interleaved when both of its rows are selected')
+    p.add_argument('--swin-l', action='store_true',
+                   help='add the GreenMIM / SimMIM Swin-L pair')
+    p.add_argument('--list', action='store_true', help='list the rows')
+    p.add_argument('--batch-size', type=int, default=2)
+    p.add_argument('--img-size', type=int, default=None,
+                   help='override every row\'s resolution (default: 256 '
+                   'for Swin-T / PVT-S, 224 for Swin-B/L and ViT-B)')
+    p.add_argument('--warmup', type=int, default=3, help='untimed steps')
+    p.add_argument('--steps', type=int, default=5, help='timed steps')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch.set_num_threads for every row (1 keeps CPU '
+                   'timings steady on a shared machine)')
+    p.add_argument('--tiny', action='store_true',
+                   help='tiny architectures, 1 warm-up + 2 timed steps '
+                   '(smoke test; ratios are not meaningful)')
+    p.add_argument('--json', help='also write the rows to this file')
+    p.add_argument('--seed', type=int, default=0)
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.warmup, args.steps = min(args.warmup, 1), min(args.steps, 2)
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+        p.error('--steps and --batch-size must be >= 1, --warmup >= 0')
+    return args
+
+
+# ---------------------------------------------------------------- building
+def _pipeline_set(pipeline, type_, **kwargs):
+    for t in pipeline:
+        if t['type'].split('.')[-1] == type_:
+            t.update(kwargs)
+
+
+def load_config(name: str, args) -> Config:
+    """The row's config with the command line's overrides applied."""
+    spec = ROWS[name]
+    path = spec['config']
+    if path.startswith('mmpretrain::'):
+        import mmpretrain
+        path = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'configs',
+                        path[len('mmpretrain::'):])
+    else:
+        path = osp.join(ROOT, path)
+    cfg = Config.fromfile(path)
+    img = args.img_size or spec['img']
+    model = cfg.model
+    bb = model.backbone
+    pipeline = copy.deepcopy(cfg.train_dataloader.dataset.pipeline)
+    _pipeline_set(pipeline, 'RandomResizedCrop', scale=img)
+    _pipeline_set(pipeline, 'SimMIMMaskGenerator', input_size=img)
+    family = spec['family']
+    if family == 'ummae':  # the encoder sees the compact half-size image
+        bb.img_size = img // 2
+        model.neck.num_patches = (img // model.patch_size)**2
+    elif family == 'greenmim':
+        bb.img_size = img
+        model.neck.num_patches = (img // model.mask_unit)**2
+    else:
+        bb.img_size = img
+    if 'window' in spec:  # SimMIM Swin-B/L from mmpretrain's 192-px recipe
+        bb.stage_cfgs = dict(block_cfgs=dict(window_size=spec['window']))
+        bb.pad_small_map = spec['window'] > img // 32
+    if args.tiny:
+        tiny(cfg, family)
+    # one optimizer step per train_step; AMP only where it runs (GPU)
+    ow = cfg.optim_wrapper
+    ow.pop('accumulative_counts', None)
+    if not args.device.startswith('cuda') and 'Amp' in ow.get('type', ''):
+        ow.type = 'OptimWrapper'
+        ow.pop('loss_scale', None)
+    cfg.bench_pipeline = pipeline
+    return cfg
+
+
+def tiny(cfg: Config, family: str) -> None:
+    model = cfg.model
+    bb = model.backbone
+    if bb.type.endswith('PVT'):
+        bb.arch, width = TINY_PVT, TINY_PVT['embed_dims'][-1]
+    elif 'ViT' in bb.type:
+        bb.arch, width = TINY_VIT, None
+        model.neck.update(embed_dims=32, num_heads=2)
+    else:
+        bb.arch, width = TINY_SWIN, TINY_SWIN['embed_dims'] * 8
+    if family == 'simmim':
+        model.neck.in_channels = width
+    elif family in ('ummae', 'greenmim'):
+        model.neck.update(embed_dim=width, **TINY_DECODER)
+
+
+def build_row(name: str, args) -> dict:
+    """Model, optim wrapper and sample generator of row ``name``."""
+    from mmpretrain.registry import MODELS, TRANSFORMS
+    spec = ROWS[name]
+    cfg = load_config(name, args)
+    torch.manual_seed(args.seed)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg.model).to(args.device)
+        model.train()
+        optim = build_optim_wrapper(model, cfg.optim_wrapper)
+        # the pipeline after loading and cropping: masks are drawn per sample
+        # by the config's own transforms
+        transforms = [
+            TRANSFORMS.build(t) for t in cfg.bench_pipeline
+            if t['type'].split('.')[-1] not in ('LoadImageFromFile',
+                                                'RandomResizedCrop')
+        ]
+        collate = cfg.train_dataloader.get('collate_fn',
+                                           dict(type='pseudo_collate'))
+        collate = COLLATE[collate['type'].split('.')[-1]]
+    row = dict(spec, name=name, model=model, optim=optim,
+               transforms=transforms, collate=collate,
+               img=args.img_size or spec['img'])
+    if 'freeze_at' in spec:
+        row['frozen'] = freeze_at(model, optim, cfg, spec['freeze_at'])
+    return row
+
+
+def freeze_at(model, optim, cfg, point: float) -> str:
+    """Freeze what FreezeOutLR (and DecoderPruningHook) have frozen at
+    ``point`` of the schedule, as ``benchmark_freezeout.py`` does per stage:
+    layers 0..k-1 with freeze time <= point, decoders fed by them pruned."""
+    sched_cfg = {
+        k: v
+        for k, v in cfg.param_scheduler[0].items()
+        if k in ('t_0', 'spacing', 'scale_lr')
+    }
+    sched = FreezeOutLR(optim, **sched_cfg, end=1000, by_epoch=False)
+    k = sum(1 for i in range(sched.num_layers)
+            if sched.t[i] < 1 and sched.t[i] <= point)
+    sched.freeze_layers(range(k))
+    for d, layer in enumerate(model.decoder_layers):
+        if layer < k and d not in model.pruned_decoders:
+            freeze_params(optim, model.prune_decoder(d))
+    return f'{k} layers, {len(model.pruned_decoders)} decoders'
+
+
+def make_batch(row: dict, args) -> dict:
+    """A synthetic batch through the row's masking transforms, PackInputs
+    and collate function (the part a dataloader worker would do)."""
+    samples = []
+    img = row['img']
+    for _ in range(args.batch_size):
+        results = dict(
+            img=np.random.randint(0, 256, (img, img, 3), dtype=np.uint8),
+            img_shape=(img, img), ori_shape=(img, img))
+        for t in row['transforms']:
+            results = t(results)
+        samples.append(results)
+    return row['collate'](samples)
+
+
+# ---------------------------------------------------------------- measuring
+class GroupingTimer:
+    """Wall time spent in GreenMIM's window grouping (``build_group_plan``,
+    which runs the optimal-grouping search) during a step."""
+
+    def __init__(self):
+        self.seconds = 0.
+        self._orig = green_swin.build_group_plan
+
+    def __enter__(self):
+
+        def timed(*a, **k):
+            start = time.perf_counter()
+            try:
+                return self._orig(*a, **k)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        green_swin.build_group_plan = timed
+        return self
+
+    def __exit__(self, *exc):
+        green_swin.build_group_plan = self._orig
+
+
+def _sync(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def train_step(row, data):
+    return row['model'].train_step(data, row['optim'])
+
+
+def timed_step(row: dict, args) -> None:
+    """One training step; appends its time (and grouping time, CUDA peak)."""
+    data = make_batch(row, args)
+    device = args.device
+    _sync(device)
+    if device.startswith('cuda'):
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    with GroupingTimer() as gt:
+        start = time.perf_counter()
+        train_step(row, data)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    row.setdefault('times', []).append(seconds)
+    row.setdefault('grouping_times', []).append(gt.seconds)
+    if device.startswith('cuda'):
+        row.setdefault('peak_deltas', []).append(
+            torch.cuda.max_memory_allocated() - base)
+
+
+def persistent_bytes(row: dict) -> int:
+    """Bytes held between steps by this row: parameters, buffers and
+    optimizer state (distinct storages)."""
+    tensors = list(row['model'].parameters()) + list(row['model'].buffers())
+    for state in row['optim'].optimizer.state.values():
+        tensors += [v for v in state.values() if torch.is_tensor(v)]
+    seen = {}
+    for t in tensors:
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
+
+
+def cpu_peak_delta(row: dict, args) -> int:
+    """Largest increase of the CPU allocator's live bytes during one step.
+
+    While the torch profiler records memory, c10's CPU allocator reports
+    every allocation and free with its running total of live bytes since
+    recording began; the largest total is the step's peak of tensor memory
+    above what was live before it (activations, autograd buffers, grads,
+    temporaries)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+    data = make_batch(row, args)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+        pass  # the profiler's own first-use allocations
+    with profile(activities=[ProfilerActivity.CPU],
+                 profile_memory=True) as prof:
+        train_step(row, data)
+    peak = 0
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.typed[0] == _EventType.Allocation:
+            fields = node.typed[1]
+            if fields.device.type == 'cpu':
+                peak = max(peak, fields.total_allocated)
+        stack.extend(node.children)
+    return peak
+
+
+def _as_raw(formula):
+    """torch's registered (already shape-wrapped) formula, marked so that
+    FlopCounterMode does not wrap it again."""
+
+    def f(*args, **kwargs):
+        return formula(*args, **kwargs)
+
+    f._get_raw = True
+    return f
+
+
+SDPA_CPU = {  # torch's flop formulas, for the CPU flash kernels it misses
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+    _as_raw(flop_counter.sdpa_flop),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+    _as_raw(flop_counter.sdpa_backward_flop),
+}
+
+
+@contextmanager
+def first_block_tokens(model: nn.Module, out: dict):
+    """Records the tokens per image entering the encoder's first block: the
+    input of its first LayerNorm outside the patch embedding."""
+    handles = []
+
+    def hook(module, inputs):
+        if 'tokens' not in out:
+            x = inputs[0]
+            out['tokens'] = x.numel() // (x.shape[0] * x.shape[-1])
+
+    for name, m in model.backbone.named_modules():
+        if isinstance(m, nn.LayerNorm) and not name.startswith('patch_embed'):
+            handles.append(m.register_forward_pre_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def count_flops(row: dict, args) -> None:
+    """Training FLOPs (forward + backward) per image, total and encoder, and
+    the encoder's tokens per image, from one more step."""
+    data = make_batch(row, args)
+    model = row['model']
+    counter = FlopCounterMode(display=False, custom_mapping=SDPA_CPU)
+    tokens = {}
+    with first_block_tokens(model, tokens), counter:
+        train_step(row, data)
+    counts = counter.get_flop_counts()
+    enc = f'{type(model).__name__}.backbone'
+    row['train_gflops'] = counter.get_total_flops() / args.batch_size / 1e9
+    row['enc_gflops'] = sum(counts.get(enc, {}).values()) / \
+        args.batch_size / 1e9
+    row['tokens'] = tokens.get('tokens')
+
+
+def run_pair(names: List[str], args) -> List[dict]:
+    rows = [build_row(n, args) for n in names]
+    for i in range(args.warmup + args.steps):  # round-robin, step by step
+        for row in rows:
+            timed_step(row, args)
+    for row in rows:
+        row['times'] = row['times'][args.warmup:]
+        row['grouping_times'] = row['grouping_times'][args.warmup:]
+        t = row['times']
+        row['time_ms'] = statistics.median(t) * 1e3
+        row['time_min_ms'], row['time_max_ms'] = min(t) * 1e3, max(t) * 1e3
+        row['grouping_pct'] = (100 * sum(row['grouping_times']) / sum(t)
+                               if row['family'] == 'greenmim' else None)
+        if args.device.startswith('cuda'):
+            delta = max(row['peak_deltas'][args.warmup:])
+        else:
+            delta = cpu_peak_delta(row, args)
+        row['mem_mib'] = (persistent_bytes(row) + delta) / 2**20
+        count_flops(row, args)
+    out = []
+    for row in rows:
+        keep = {
+            k: v
+            for k, v in row.items()
+            if k not in ('model', 'optim', 'transforms', 'collate',
+                         'peak_deltas', 'config')
+        }
+        out.append(keep)
+    del rows
+    return out
+
+
+def add_ratios(results: List[dict]) -> None:
+    """Ratios of the reference row's measured values to this row's (> 1 =
+    this row is cheaper) and the targets met / missed."""
+    by_name = {r['name']: r for r in results}
+    for r in results:
+        ref = by_name.get(r['ref'])
+        r['time_x'] = r['mem_x'] = r['flops_x'] = r['enc_flops_x'] = None
+        r['verdict'] = '-' if not r['targets'] else 'no reference row'
+        if ref is None:
+            continue
+        r['time_x'] = ref['time_ms'] / r['time_ms']
+        r['mem_x'] = ref['mem_mib'] / r['mem_mib']
+        r['flops_x'] = ref['train_gflops'] / r['train_gflops']
+        r['enc_flops_x'] = (ref['enc_gflops'] / r['enc_gflops']
+                            if r['enc_gflops'] else None)
+        verdicts = []
+        for key, goal in r['targets'].items():
+            if key == 'grouping':
+                value, ok = r['grouping_pct'], r['grouping_pct'] <= goal
+                verdicts.append(f'grp<={goal:g}% ' + ('met' if ok else
+                                                      'MISSED'))
+                continue
+            value = r[f'{key}_x']
+            ok = value is not None and value >= goal
+            label = dict(time='time', mem='mem', enc_flops='encF')[key]
+            verdicts.append(f'{label}>={goal:.3g}x ' +
+                            ('met' if ok else 'MISSED'))
+        if verdicts:
+            r['verdict'] = ', '.join(verdicts)
+
+
+# ---------------------------------------------------------------- printing
+COLUMNS = [  # header, key, format
+    ('method', 'method', '{}'), ('arch', 'arch', '{}'), ('img', 'img', '{}'),
+    ('enc tok/img', 'tokens', '{}'), ('step ms', 'time_ms', '{:.1f}'),
+    ('min-max ms', None, None), ('peak MiB', 'mem_mib', '{:.0f}'),
+    ('train GFLOP/img', 'train_gflops', '{:.3g}'),
+    ('enc GFLOP/img', 'enc_gflops', '{:.3g}'), ('vs', 'ref_label', '{}'),
+    ('time x', 'time_x', '{:.2f}'), ('mem x', 'mem_x', '{:.2f}'),
+    ('FLOPs x', 'flops_x', '{:.2f}'), ('enc FLOPs x', 'enc_flops_x',
+                                       '{:.2f}'),
+    ('grouping %', 'grouping_pct', '{:.2f}'), ('targets', 'verdict', '{}')
+]
+
+
+def cell(r, key, fmt):
+    if key is None:
+        return f"{r['time_min_ms']:.1f}-{r['time_max_ms']:.1f}"
+    v = r.get(key)
+    return '-' if v is None else fmt.format(v)
+
+
+def format_table(results: List[dict], args) -> str:
+    by_name = {r['name']: r for r in results}
+    for r in results:
+        ref = by_name.get(r['ref'])
+        r['ref_label'] = ref['method'] if ref else '-'
+        if r.get('frozen'):
+            r['method'] = f"{r['method']} ({r['frozen']} frozen)"
+    header = [c[0] for c in COLUMNS]
+    body = [[cell(r, key, fmt) for _, key, fmt in COLUMNS] for r in results]
+    widths = [max(len(x[i]) for x in [header] + body)
+              for i in range(len(header))]
+    line = lambda xs: '| ' + ' | '.join(  # noqa: E731
+        x.ljust(w) for x, w in zip(xs, widths)) + ' |'
+    lines = [line(header), '|' + '|'.join('-' * (w + 2) for w in widths) +
+             '|'] + [line(b) for b in body]
+    if args.device.startswith('cuda'):
+        dev = torch.cuda.get_device_name(args.device)
+        mem = ('peak MiB: torch.cuda.max_memory_allocated during a timed '
+               'step above what was allocated before it, plus the row\'s '
+               'parameters, buffers and optimizer state')
+    else:
+        dev = cpu_name()
+        mem = ('peak MiB: largest live-bytes total the CPU allocator '
+               'reports to the torch profiler (profile_memory) during one '
+               'extra step, above what was live before it, plus the row\'s '
+               'parameters, buffers and optimizer state; i.e. tensor '
+               'memory, not process RSS')
+    notes = [
+        f'device: {dev}; torch {torch.__version__}, '
+        f'{torch.get_num_threads()} thread(s); batch {args.batch_size}, '
+        f'{args.warmup} warm-up + {args.steps} timed steps per row, pairs '
+        'interleaved step by step' + (' (TINY archs: smoke test only)'
+                                      if args.tiny else ''),
+        'step ms: median (and min-max) of train_step: data preprocessor, '
+        'forward, loss, backward, optimizer step' +
+        (' (AMP)' if args.device.startswith('cuda') else ' (fp32)'),
+        mem,
+        'GFLOP/img: FlopCounterMode over forward + backward of one step '
+        '(matmuls, convs, attention), per image; enc = the backbone',
+        'enc tok/img: tokens entering the encoder\'s first block',
+        'x columns: the reference row\'s value / this row\'s (> 1: cheaper)'
+        ' from the measured values above; grouping %: share of the step '
+        'spent in GreenMIM\'s build_group_plan (optimal grouping search + '
+        'index building)',
+    ]
+    return '\n'.join(lines + [''] + notes)
+
+
+def cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for ln in f:
+                if ln.startswith('model name'):
+                    name = ln.split(':', 1)[1].strip()
+                    return f'{name}, {os.cpu_count()} cores'
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def selected(args) -> List[List[str]]:
+    names = args.methods or [
+        n for n in ROWS if args.swin_l or n not in OPTIONAL
+    ]
+    if args.swin_l and args.methods:
+        names = list(names) + [n for n in OPTIONAL if n not in names]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise ValueError(f'unknown rows {unknown}; choose from {list(ROWS)}')
+    return [[n for n in pair if n in names] for pair in PAIRS
+            if any(n in names for n in pair)]
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
+    args = parse_args(argv)
+    if args.list:
+        for name, spec in ROWS.items():
+            print(f"{name:22} {spec['method']:16} {spec['arch']:7} "
+                  f"{spec['config']}")
+        return []
+    # quiet the optimizer constructors' per-parameter INFO lines
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+    MMLogger.get_instance('benchmark_pretrain', log_level='WARNING')
+    torch.set_num_threads(args.threads)
+    np.random.seed(args.seed)
+    results = []
+    for pair in selected(args):
+        print(f'running {" | ".join(pair)} ...', flush=True)
+        results += run_pair(pair, args)
+    add_ratios(results)
+    print(format_table(results, args), flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == '__main__':
+    main()
