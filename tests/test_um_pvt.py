@@ -261,3 +261,64 @@ def test_real_configs_build(path):
     # PVTv1-S has 24.5M with its classifier; the pooling + 1x1 reduction
     # instead of strided sr x sr convs leaves ~20.8M in the backbone
     assert 20.5e6 < n < 21e6, n
+
+
+TINY_OVERRIDES = {
+    'configs/um_mae/pvt_s_200e.py': dict(
+        backbone=dict(arch=TINY),
+        neck=dict(embed_dim=64, decoder_embed_dim=64, decoder_num_heads=4)),
+    'configs/um_mae/swin_l_800e.py': dict(
+        backbone=dict(arch=dict(embed_dims=32, depths=[2, 2, 2, 2],
+                                num_heads=[2, 2, 4, 4])),
+        neck=dict(embed_dim=256, decoder_embed_dim=64, decoder_num_heads=4,
+                  decoder_depth=1)),
+    'configs/um_mae/vit_b_200e.py': dict(
+        backbone=dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
+                                feedforward_channels=64)),
+        neck=dict(embed_dim=32, decoder_embed_dim=32, decoder_num_heads=2,
+                  decoder_depth=1)),
+    'configs/simmim/swin_t_256_200e.py': dict(
+        backbone=dict(arch=dict(embed_dims=32, depths=[2, 2, 2, 2],
+                                num_heads=[2, 2, 4, 4])),
+        neck=dict(in_channels=256)),
+    'configs/simmim/pvt_s_256_200e.py': dict(
+        backbone=dict(arch=TINY), neck=dict(in_channels=64)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', sorted(TINY_OVERRIDES))
+def test_runner_trains_config(tmp_path, path):
+    """Each added config trains 2 iterations through mmengine's Runner
+    (pipeline, collate, optimizer settings, schedulers, checkpoint) with a
+    tiny model on generated images."""
+    import cv2
+    from mmengine.runner import Runner
+    img_dir = tmp_path / 'imgs'
+    img_dir.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(4):
+        cv2.imwrite(str(img_dir / f'{i}.png'),
+                    rng.randint(0, 255, (300, 280, 3)).astype(np.uint8))
+    cfg = Config.fromfile(path)
+    for part, values in TINY_OVERRIDES[path].items():
+        cfg.model[part].update(values)
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.resume = False
+    cfg.train_dataloader.update(batch_size=2, num_workers=0,
+                                persistent_workers=False)
+    cfg.train_dataloader.dataset = dict(
+        type='CustomDataset', data_root=str(img_dir), with_label=False,
+        pipeline=cfg.train_dataloader.dataset.pipeline)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=2)
+    for s in cfg.param_scheduler:
+        s.update(by_epoch=False, begin=0, end=2)
+        s.pop('convert_to_iter_based', None)
+        s.pop('T_max', None)
+    cfg.optim_wrapper.type = 'OptimWrapper'  # AMP needs a GPU
+    cfg.optim_wrapper.pop('loss_scale', None)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False,
+                                        interval=2)
+    cfg.randomness = dict(seed=0)
+    Runner.from_cfg(cfg).train()
+    assert (tmp_path / 'work' / 'iter_2.pth').exists()
