@@ -238,10 +238,11 @@ def test_vitfreeze_configs():
     cfg = Config.fromfile(osp.join(root, 'configs/vitfreeze/vit_b_100e.py'))
     base = Config.fromfile(
         osp.join(root, 'configs/vitfreeze/local_mim_vit_b_100e.py'))
-    assert 'custom_hooks' not in base and all(
+    assert [h['type'] for h in base.custom_hooks] == [
+        'mmum.NaNGuardHook'] and all(
         'FreezeOut' not in s['type'] for s in base.param_scheduler)
     assert [h['type'] for h in cfg.custom_hooks] == [
-        'mmum.FreezeOutHook', 'mmum.DecoderPruningHook'
+        'mmum.FreezeOutHook', 'mmum.DecoderPruningHook', 'mmum.NaNGuardHook'
     ]
     assert cfg.find_unused_parameters and cfg.train_cfg.max_epochs == 100
     assert cfg.train_dataloader.collate_fn == dict(type='default_collate')

@@ -49,6 +49,10 @@ model = dict(
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+    # atomic saving: a kill while saving never breaks the latest checkpoint
+    checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
+                    max_keep_ckpts=3))
+# stop with a message on a NaN/inf loss, before it reaches a checkpoint
+custom_hooks = [dict(type='mmum.NaNGuardHook')]
 randomness = dict(seed=0, diff_rank_seed=True)
 resume = True

@@ -36,3 +36,9 @@ param_scheduler = [
         convert_to_iter_based=True)
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=200)
+default_hooks = dict(
+    # atomic saving: a kill while saving never breaks the latest checkpoint
+    checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
+                    max_keep_ckpts=3))
+# stop with a message on a NaN/inf loss, before it reaches a checkpoint
+custom_hooks = [dict(type='mmum.NaNGuardHook')]

@@ -68,7 +68,11 @@ param_scheduler = [
 
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=100)
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+    # atomic saving: a kill while saving never breaks the latest checkpoint
+    checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
+                    max_keep_ckpts=3))
+# stop with a message on a NaN/inf loss, before it reaches a checkpoint
+custom_hooks = [dict(type='mmum.NaNGuardHook')]
 randomness = dict(seed=0, diff_rank_seed=True)
 resume = True
 auto_scale_lr = dict(base_batch_size=4096)

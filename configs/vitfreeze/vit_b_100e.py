@@ -23,6 +23,7 @@ custom_hooks = [
     # frozen layers: eval mode, restored on resume, DDP check
     dict(type='mmum.FreezeOutHook'),
     dict(type='mmum.DecoderPruningHook'),
+    dict(type='mmum.NaNGuardHook'),  # stop on a NaN/inf loss
 ]
 
 # frozen parameters stop receiving gradients: DDP must not wait for them

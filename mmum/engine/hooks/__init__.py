@@ -2,3 +2,6 @@ __all__ = []
 from .decoder_pruning import DecoderPruningHook  # noqa: E402
 from .freezeout_hook import FreezeOutHook  # noqa: E402
 __all__ += ['DecoderPruningHook', 'FreezeOutHook']
+from .nan_guard import NaNGuardHook  # noqa: E402
+from .safe_checkpoint import SafeCheckpointHook  # noqa: E402
+__all__ += ['NaNGuardHook', 'SafeCheckpointHook']
