@@ -3,7 +3,7 @@ model = dict(
     type='mmum.UMMAE',
     patch_size=16,
     data_preprocessor=dict(
-        type='SelfSupDataPreprocessor',
+        type='mmpretrain.SelfSupDataPreprocessor',
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375],
         to_rgb=True),
@@ -24,7 +24,7 @@ model = dict(
         decoder_depth=2,
         decoder_num_heads=16),
     head=dict(
-        type='MAEPretrainHead',
+        type='mmpretrain.MAEPretrainHead',
         norm_pix=True,
         patch_size=16,
-        loss=dict(type='PixelReconstructionLoss', criterion='L2')))
+        loss=dict(type='mmpretrain.PixelReconstructionLoss', criterion='L2')))
