@@ -16,6 +16,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmum.datasets.checks import check_train_data
 from mmum.utils.dist import cpu_fallback_amp, setup_cpu_distributed
 
 
@@ -67,6 +68,7 @@ def merge_args(cfg, args):
 def main(argv=None):
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
+    check_train_data(cfg)  # clear errors for a missing / empty data root
     cpu_fallback_amp(cfg)
     setup_cpu_distributed(cfg, args.launcher)
     runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg

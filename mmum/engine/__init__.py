@@ -1,2 +1,3 @@
 from .hooks import *  # noqa: F401,F403
 from .schedulers import *  # noqa: F401,F403
+from . import checkpoint  # noqa: F401,E402  clearer checkpoint errors

@@ -13,7 +13,9 @@ files are written:
 2. the ``last_checkpoint`` pointer is written the same way;
 3. old checkpoints are removed only after the new one is in place.
 
-It also stores every rank's torch RNG state in the checkpoint
+When resuming, it refuses a checkpoint of another architecture with a
+``ValueError`` (mmengine would load what fits with ``strict=False``). It also
+stores every rank's torch RNG state in the checkpoint
 (``meta['torch_rng_states']``) and restores it on resume, so algorithms that
 draw masks inside the model (GreenMIM, LocalMIM) continue with the same masks
 as an uninterrupted run. NumPy / Python RNGs (the data pipeline) need no
@@ -28,7 +30,10 @@ import torch
 from mmengine.dist import all_gather_object, get_dist_info, is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
+from mmengine.model import is_model_wrapper
+from mmengine.runner.checkpoint import find_latest_checkpoint
 
+from mmum.engine.checkpoint import check_resume_compatible
 from mmum.registry import HOOKS
 
 
@@ -49,6 +54,25 @@ def _fsync_and_replace(tmp: str, path: str) -> None:
     os.replace(tmp, path)
 
 
+class _RestoreBefore:
+    """Iterator proxy: calls ``restore`` before the ``(skip + 1)``-th batch,
+    then puts the loop's own iterator back."""
+
+    def __init__(self, loop, iterator, skip, restore):
+        self.loop, self.iterator = loop, iterator
+        self.skip, self.restore = skip, restore
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.skip == 0:
+            self.restore()
+            self.loop.dataloader_iterator = self.iterator
+        self.skip -= 1
+        return next(self.iterator)
+
+
 @HOOKS.register_module()
 class SafeCheckpointHook(CheckpointHook):
     """:class:`~mmengine.hooks.CheckpointHook` with atomic, kill-safe saving
@@ -61,20 +85,37 @@ class SafeCheckpointHook(CheckpointHook):
     def before_train(self, runner) -> None:
         super().before_train(runner)
         states = getattr(self, '_resumed_rng_states', None)
+        self._resumed_rng_states = None
         if states is None:
             return
         rank, world_size = get_dist_info()
-        if len(states) == world_size:
-            torch.set_rng_state(states[rank])
-        else:
+        if len(states) != world_size:
             runner.logger.warning(
                 f'checkpoint holds the torch RNG states of {len(states)} '
                 f'ranks, this run has {world_size}: not restoring them '
                 f'(masks drawn in the model will differ from an '
                 f'uninterrupted run)')
-        self._resumed_rng_states = None
+            return
+        state = states[rank]
+        loop = runner.train_loop
+        if not hasattr(loop, 'dataloader_iterator'):  # epoch-based
+            torch.set_rng_state(state)
+            return
+        # The iteration loop first replays the batches it skips; restarting
+        # the DataLoader there draws from torch's RNG. Restore the state
+        # after that, just before the batch of the first resumed iteration.
+        loop.dataloader_iterator = _RestoreBefore(
+            loop, loop.dataloader_iterator, loop.iter,
+            lambda: torch.set_rng_state(state))
 
     def after_load_checkpoint(self, runner, checkpoint) -> None:
+        if getattr(runner, '_resume', False):  # not for load_from
+            model = runner.model.module if is_model_wrapper(
+                runner.model) else runner.model
+            source = (getattr(runner, '_load_from', None)
+                      or find_latest_checkpoint(runner.work_dir)
+                      or 'the resumed checkpoint')
+            check_resume_compatible(model, checkpoint, repr(source))
         # applied in before_train: Runner.resume may still re-seed after this
         self._resumed_rng_states = checkpoint.get('meta', {}).get(
             'torch_rng_states')
