@@ -33,7 +33,8 @@ default_hooks = dict(
     checkpoint=dict(by_epoch=False, interval=2, max_keep_ckpts=2),
     logger=dict(interval=1))
 custom_hooks = [dict(type='mmum.NaNGuardHook'),
-                dict(type='ReliabilityProbeHook')]
+                dict(type='ReliabilityProbeHook'),
+                dict(type='MaskProbeHook')]
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0, diff_rank_seed=True, deterministic=True)
 resume = False
