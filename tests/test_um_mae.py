@@ -197,3 +197,14 @@ def test_window_changes_at_fine_tuning():
                                                       'norm2'}
         outs = ft(torch.randn(1, 3, 224, 224))
         assert [o.shape[-1] for o in outs] == [56, 28, 14, 7]
+
+
+def test_layer_depth_covers_mask_token_and_conv_merging():
+    from mmum.models.backbones import UMSwinTransformer
+    m = UMSwinTransformer(arch=TINY, window_size=8, patch_merging='conv')
+    depth = {n: m.get_layer_depth('backbone.' + n, 'backbone.')[0]
+             for n, _ in m.named_parameters()}
+    assert depth['mask_token'] == 0
+    assert depth['stages.0.downsample.proj.weight'] == 2  # end of stage 0
+    assert depth['stages.1.blocks.0.attn.w_msa.qkv.weight'] == 3
+    assert m.get_layer_depth('neck.x', 'backbone.') == (10, 10)

@@ -57,3 +57,17 @@ class CPBSwinTransformer(SwinTransformer):
         # architectures with a readable error (see pretrained_keys.py)
         check_pretrained_keys(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def get_layer_depth(self, param_name: str, prefix: str = ''):
+        """mmpretrain's layer ids, plus: a pre-training ``mask_token`` is
+        part of the stem (layer 0), and every parameter of a stage's
+        ``downsample`` (also the ``'conv'`` merging) belongs to the stage's
+        last layer."""
+        num_layers = sum(self.depths) + 2
+        if param_name.startswith(prefix):
+            parts = param_name[len(prefix):].split('.')
+            if parts[0] == 'mask_token':
+                return 0, num_layers
+            if parts[0] == 'stages' and parts[2] == 'downsample':
+                return sum(self.depths[:int(parts[1]) + 1]), num_layers
+        return super().get_layer_depth(param_name, prefix)
