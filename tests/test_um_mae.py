@@ -207,4 +207,4 @@ def test_layer_depth_covers_mask_token_and_conv_merging():
     assert depth['mask_token'] == 0
     assert depth['stages.0.downsample.proj.weight'] == 2  # end of stage 0
     assert depth['stages.1.blocks.0.attn.w_msa.qkv.weight'] == 3
-    assert m.get_layer_depth('neck.x', 'backbone.') == (10, 10)
+    assert m.get_layer_depth('neck.x', 'backbone.') == (9, 10)  # the head
