@@ -129,7 +129,7 @@ def cpu_norms(cfg, to='BN'):
     def fn(d):
         if d.get('type') == 'SyncBN':
             d['type'] = to
-    _walk(cfg, fn)
+    _walk(getattr(cfg, '_cfg_dict', cfg), fn)
     return cfg
 
 
@@ -176,17 +176,22 @@ def set_loader(loader, data_root, batch_size=2, **dataset):
     return ds
 
 
-def run_cfg(cfg, work_dir, iters=2, val=True):
-    """Train ``iters`` iterations (validating at the end) with the Runner,
-    then test; returns (runner, test metrics or None)."""
+def run_cfg(cfg, work_dir, iters=2, test=True):
+    """Train ``iters`` iterations with the Runner (no validation loop), then,
+    with ``test``, evaluate on the test set; returns (runner, metrics or
+    None)."""
     from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
 
     from mmum.utils.dist import cpu_fallback_amp
     cfg = copy.deepcopy(cfg)
     cfg.work_dir = str(work_dir)
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters,
-                         val_interval=iters)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters)
+    for key in ('val_dataloader', 'val_cfg', 'val_evaluator'):
+        cfg.pop(key, None)
+    if not test:
+        for key in ('test_dataloader', 'test_cfg', 'test_evaluator'):
+            cfg.pop(key, None)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
                                         by_epoch=False, interval=iters)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
@@ -199,16 +204,12 @@ def run_cfg(cfg, work_dir, iters=2, val=True):
     cfg.randomness = dict(seed=0)
     if 'visualizer' in cfg:  # visualizers are global instances by name
         cfg.visualizer.name = f'vis_{osp.basename(str(work_dir))}'
-    if not val:
-        for key in ('val_dataloader', 'val_cfg', 'val_evaluator'):
-            cfg.pop(key, None)
-        cfg.train_cfg.pop('val_interval')
     cpu_fallback_amp(cfg)
     before = set(DefaultScope._instance_dict)
     try:
         runner = Runner.from_cfg(cfg)
         runner.train()
-        metrics = runner.test() if val and 'test_dataloader' in cfg else None
+        metrics = runner.test() if test else None
     finally:
         drop_new_default_scopes(before)
     return runner, metrics
@@ -250,7 +251,7 @@ def pretrain(kind, root):
                                 by_epoch=False)]
     cfg.pop('auto_scale_lr', None)
     work_dir = osp.join(str(root), f'pretrain_{kind}')
-    run_cfg(cfg, work_dir, iters=2, val=False)
+    run_cfg(cfg, work_dir, iters=2, test=False)
     _CACHE[kind] = osp.join(work_dir, 'iter_2.pth')
     assert osp.isfile(_CACHE[kind])
     return _CACHE[kind]
@@ -293,6 +294,25 @@ def intermediate(arch, root):
         ckpt = pretrain(f'um_mae_{arch}', root)
         cfg = finetune_cfg(arch, ckpt, osp.join(str(root), 'imagenet'))
         work_dir = osp.join(str(root), key)
-        runner, _ = run_cfg(cfg, work_dir, iters=2, val=False)
+        runner, _ = run_cfg(cfg, work_dir, iters=2, test=False)
         _CACHE[key] = (osp.join(work_dir, 'iter_2.pth'), runner)
     return _CACHE[key]
+
+
+def assert_backbone_from(runner, ckpt, atol=1e-3):
+    """The runner's backbone starts from ``ckpt`` (its `backbone.` keys):
+    every shared tensor is still within ``atol`` after the few warm-up
+    iterations (a random init would be far off)."""
+    import torch
+    src = torch.load(ckpt, map_location='cpu',
+                     weights_only=False)['state_dict']
+    model = runner.model.module if hasattr(runner.model, 'module') \
+        else runner.model
+    ours = model.backbone.state_dict()
+    # (tensors whose shape changes with the window size are resized on load)
+    shared = [k for k in ours if f'backbone.{k}' in src
+              and src[f'backbone.{k}'].shape == ours[k].shape]
+    assert len(shared) > 0.8 * len(ours), (len(shared), len(ours))
+    for k in shared:
+        assert torch.allclose(ours[k].float(), src[f'backbone.{k}'].float(),
+                              atol=atol), k
