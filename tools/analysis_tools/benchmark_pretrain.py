@@ -611,6 +611,10 @@ def format_table(results: List[dict], args) -> str:
         'shown for LocalMIM, whose decoders read several blocks: torch\'s '
         'module tracker then books their backward to the encoder)',
         'enc tok/img: tokens entering the encoder\'s first block',
+        'ViTFreeze@t: configs/vitfreeze/vit_b_100e.py with the layers '
+        'FreezeOutLR has frozen at fraction t of the schedule and the '
+        'decoders DecoderPruningHook has pruned by then (whole-schedule '
+        'saving: tools/analysis_tools/benchmark_freezeout.py)',
         'x columns: the reference row\'s value / this row\'s (> 1: cheaper)'
         ' from the measured values above; grouping %: share of the step '
         'spent in GreenMIM\'s build_group_plan (optimal grouping search + '
