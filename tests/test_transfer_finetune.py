@@ -33,7 +33,9 @@ def root(tmp_path_factory):
     return cache_root(tmp_path_factory)
 
 
-@pytest.mark.parametrize('arch,rate', [('swin', 0.85), ('pvt', 0.85)])
+@pytest.mark.parametrize('arch,rate', [
+    ('swin', 0.85),
+    pytest.param('pvt', 0.85, marks=pytest.mark.slow)])
 def test_layer_decay_follows_depth(root, arch, rate):
     ckpt, runner = intermediate(arch, root)
     groups = runner.optim_wrapper.optimizer.param_groups
@@ -58,7 +60,8 @@ def test_layer_decay_follows_depth(root, arch, rate):
         assert (g['weight_decay'] == 0) == flat, g['param_name']
 
 
-@pytest.mark.parametrize('arch', ['swin', 'pvt'])
+@pytest.mark.parametrize(
+    'arch', ['swin', pytest.param('pvt', marks=pytest.mark.slow)])
 def test_starts_from_pretraining_and_saves_backbone(root, arch):
     """The pre-trained encoder was loaded (2 warm-up steps barely move it),
     and the classifier checkpoint carries it under `backbone.` for the

@@ -43,7 +43,8 @@ def root(tmp_path_factory):
     return cache_root(tmp_path_factory)
 
 
-@pytest.mark.parametrize('arch', ['swin', 'pvt'])
+@pytest.mark.parametrize(
+    'arch', ['swin', pytest.param('pvt', marks=pytest.mark.slow)])
 def test_upernet_trains_and_evaluates(root, arch):
     data = make_ade20k(osp.join(root, 'ade'), num_images=4, size=SIZE)
     if arch == 'swin':  # pre-train -> intermediate -> UperNet
