@@ -253,3 +253,25 @@ def test_dist_train_pretraining_two_cpu_processes(case, tmp_path):
     for m0, m1 in zip(*masks):
         assert m0.shape == m1.shape and not torch.equal(m0, m1)
     assert not torch.equal(masks[0][0], masks[0][1])  # new mask each step
+
+
+@pytest.mark.parametrize('args, work_dir, rest', [
+    (['CFG.py'], 'work_dirs/CFG', []),
+    (['CFG.py', 'my/dir'], 'my/dir', []),
+    (['CFG.py', 'my/dir', '--amp'], 'my/dir', ['--amp']),
+    (['CFG.py', '--resume', '--amp'], 'work_dirs/CFG', ['--resume', '--amp']),
+])
+def test_slurm_train_command_line(tmp_path, args, work_dir, rest):
+    """A fake ``srun`` prints what slurm_train.sh would launch."""
+    srun = tmp_path / 'srun'
+    srun.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    srun.chmod(0o755)
+    proc = run_tool(['bash', 'tools/slurm_train.sh', 'part', 'job', *args],
+                    env={'PATH': f'{tmp_path}:{os.environ["PATH"]}',
+                         'GPUS': '4', 'GPUS_PER_NODE': '2'})
+    argv = proc.stdout.splitlines()
+    assert argv[:2] == ['-p', 'part'] and '--ntasks=4' in argv
+    assert '--ntasks-per-node=2' in argv and '--gres=gpu:2' in argv
+    i = argv.index(osp.join(ROOT, 'tools', 'train.py'))
+    assert argv[i + 1:] == ['CFG.py', f'--work-dir={work_dir}',
+                            '--launcher=slurm', *rest]
