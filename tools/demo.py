@@ -75,11 +75,10 @@ def main():
     parser.add_argument('--work-dir', default='work_dirs/demo')
     args = parser.parse_args()
 
-    import torch
     from mmengine.runner import Runner
 
     import mmum  # noqa: F401  registers mmum.*
-    from mmum.visualization import save_reconstruction
+    from mmum.visualization import visualize_um_mae
 
     work_dir = osp.abspath(args.work_dir)
     data_dir = osp.join(work_dir, 'photos')
@@ -88,29 +87,9 @@ def main():
     runner = Runner.from_cfg(cfg)
     runner.train()
 
-    # one fixed draw of the masks for every photo, through the real pipeline
-    from mmengine.dataset import Compose
-    model = runner.model.eval()
-    pipeline = Compose([
-        dict(type='LoadImageFromFile'),
-        dict(type='ResizeEdge', scale=256, edge='short'),
-        dict(type='CenterCrop', crop_size=256),
-        dict(type='mmum.UniformMasking'),
-        dict(type='PackInputs', algorithm_keys=['secondary_mask'])
-    ])
-    np.random.seed(1)
-    items = [pipeline(dict(img_path=p, sample_idx=i))
-             for i, p in enumerate(photos)]
-    data = model.data_preprocessor(
-        dict(inputs=torch.stack([it['inputs'] for it in items]),
-             data_samples=[it['data_samples'] for it in items]))
-    inputs, samples = data['inputs'], data['data_samples']
-    with torch.no_grad():
-        recon = model.reconstruct(inputs, samples)
-    png = save_reconstruction(
-        osp.join(work_dir, 'reconstruction.png'), inputs, recon,
-        torch.stack([torch.as_tensor(s.mask) for s in samples]),
-        torch.stack([torch.as_tensor(s.secondary_mask) for s in samples]))
+    # one fixed draw of the masks for every photo
+    png = visualize_um_mae(runner.model, photos,
+                           osp.join(work_dir, 'reconstruction.png'))
     ckpt = osp.join(work_dir, f'iter_{args.iters}.pth')
     print('\n' + '=' * 70)
     print(f'checkpoint     : {ckpt}')

@@ -1,3 +1,4 @@
-from .reconstruction import reconstruction_figure, save_reconstruction
+from .reconstruction import (reconstruction_figure, save_reconstruction,
+                             visualize_um_mae)
 
-__all__ = ['reconstruction_figure', 'save_reconstruction']
+__all__ = ['reconstruction_figure', 'save_reconstruction', 'visualize_um_mae']

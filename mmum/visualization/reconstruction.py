@@ -86,3 +86,33 @@ def save_reconstruction(path: str,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def visualize_um_mae(model, image_paths, out: str, size: int = 256,
+                     seed: int = 0, masking: Optional[dict] = None) -> str:
+    """Draw a UM-MAE model's reconstructions of ``image_paths`` into the PNG
+    ``out``: each image is resized (short edge) and centre-cropped to
+    ``size``, masked by ``mmum.UniformMasking(**masking)`` with
+    ``np.random.seed(seed)``, and reconstructed by ``model.reconstruct``."""
+    from mmengine.dataset import Compose, default_collate
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        pipeline = Compose([
+            dict(type='LoadImageFromFile'),
+            dict(type='ResizeEdge', scale=size, edge='short'),
+            dict(type='CenterCrop', crop_size=size),
+            dict(type='mmum.UniformMasking', **(masking or {})),
+            dict(type='PackInputs', algorithm_keys=['secondary_mask']),
+        ])
+    np.random.seed(seed)
+    items = [pipeline(dict(img_path=p, sample_idx=i))
+             for i, p in enumerate(image_paths)]
+    model.eval()
+    data = model.data_preprocessor(default_collate(items))
+    inputs, samples = data['inputs'], data['data_samples']
+    recon = model.reconstruct(inputs, samples)
+    return save_reconstruction(
+        out, inputs, recon,
+        torch.stack([torch.as_tensor(s.mask) for s in samples]),
+        torch.stack([torch.as_tensor(s.secondary_mask) for s in samples]))

@@ -14,7 +14,6 @@ cell (Uniform Masking leaves exactly one).
 """
 import argparse
 
-import numpy as np
 import torch
 
 
@@ -33,25 +32,11 @@ def find_uniform_masking(cfg) -> dict:
 
 
 def pixel_prediction(model, inputs, samples):
-    """Denormalised per-patch predictions (B, L, p*p*3), the masks and the
-    secondary masks in full-grid layout."""
-    mask, index, secondary = model.masks(inputs, samples)
-    with torch.no_grad():
-        latent = model.backbone(model.compact(inputs, index), secondary)[-1]
-        pred = model.neck(latent, index)  # B, L, p*p*3
-    if model.head.norm_pix:
-        target = model.head.patchify(inputs)
-        mean = target.mean(-1, keepdim=True)
-        std = (target.var(-1, keepdim=True) + 1e-6)**.5
-        B, h, w = mask.shape
-        rows = torch.arange(h, device=mask.device).view(-1, 1) // 2
-        cols = torch.arange(w, device=mask.device).view(1, -1) // 2
-        cell = (rows * (w // 2) + cols).flatten()  # cell of every patch
-        source = index[:, cell]  # B, L: its cell's visible patch
-        mean = mean.gather(1, source.unsqueeze(-1))
-        std = std.gather(1, source.unsqueeze(-1))
-        pred = pred * std + mean
-    second = torch.stack([s.secondary_mask for s in samples])
+    """De-normalised per-patch predictions (B, L, p*p*3) (see
+    ``UMMAE.reconstruct``), the masks and the secondary masks."""
+    mask, _, _ = model.masks(inputs, samples)
+    pred = model.head.patchify(model.reconstruct(inputs, samples))
+    second = torch.stack([torch.as_tensor(s.secondary_mask) for s in samples])
     return pred, mask, second
 
 
@@ -66,13 +51,11 @@ def main():
     args = parser.parse_args()
 
     from mmengine.config import Config
-    from mmengine.dataset import Compose, default_collate
-    from mmengine.registry import DefaultScope
     from mmengine.runner import load_checkpoint
 
     import mmum  # noqa: F401
     from mmum.registry import MODELS
-    from mmum.visualization import save_reconstruction
+    from mmum.visualization import visualize_um_mae
 
     cfg = Config.fromfile(args.config)
     model = MODELS.build(cfg.model)
@@ -82,24 +65,8 @@ def main():
     load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
     model.eval()
 
-    with DefaultScope.overwrite_default_scope('mmpretrain'):
-        pipeline = Compose([
-            dict(type='LoadImageFromFile'),
-            dict(type='ResizeEdge', scale=args.size, edge='short'),
-            dict(type='CenterCrop', crop_size=args.size),
-            dict(type='mmum.UniformMasking', **find_uniform_masking(cfg)),
-            dict(type='PackInputs', algorithm_keys=['secondary_mask']),
-        ])
-    np.random.seed(args.seed)
-    items = [pipeline(dict(img_path=p, sample_idx=i))
-             for i, p in enumerate(args.images)]
-    data = model.data_preprocessor(default_collate(items))
-    inputs, samples = data['inputs'], data['data_samples']
-    for s in samples:  # PackInputs leaves algorithm keys as numpy arrays
-        s.set_field(torch.as_tensor(s.secondary_mask), 'secondary_mask')
-    pred, mask, secondary = pixel_prediction(model, inputs, samples)
-    recon = model.head.unpatchify(pred)
-    save_reconstruction(args.out, inputs, recon, mask, secondary)
+    visualize_um_mae(model, args.images, args.out, size=args.size,
+                     seed=args.seed, masking=find_uniform_masking(cfg))
     print(f'wrote {args.out}')
 
 

@@ -26,8 +26,9 @@ def visible_index(mask: torch.Tensor) -> torch.Tensor:
             f'2x2 cell; sample {bad[0]} has {int(counts[tuple(bad)])} in cell '
             f'{tuple(bad[1:])}. Put mmum.UniformMasking in the pipeline.')
     pos = cells.float().argmax(-1)  # B, h/2, w/2 in {0,1,2,3}
-    rows = torch.arange(h // 2, device=mask.device).view(1, -1, 1) * 2 + pos // 2
-    cols = torch.arange(w // 2, device=mask.device).view(1, 1, -1) * 2 + pos % 2
+    ar = torch.arange(max(h, w) // 2, device=mask.device)
+    rows = ar[:h // 2].view(1, -1, 1) * 2 + pos // 2
+    cols = ar[:w // 2].view(1, 1, -1) * 2 + pos % 2
     return (rows * w + cols).flatten(1)
 
 
@@ -110,15 +111,25 @@ class UMMAE(BaseSelfSupervisor):
     @torch.no_grad()
     def reconstruct(self, inputs: torch.Tensor,
                     data_samples: List[DataSample]) -> torch.Tensor:
-        """Predicted image (B, 3, H, W) in the normalised input space; with
-        ``norm_pix`` each predicted patch is de-normalised with the mean and
-        std of the true patch, as MAE's visualisation does."""
+        """Predicted image (B, 3, H, W) in the normalised input space.
+
+        With ``norm_pix`` every patch is predicted normalised by its own
+        mean and std, which are unknown for a dropped patch; as MAE's
+        pictures do, they are undone with the statistics of a visible patch,
+        here the visible patch of the same 2x2 cell.
+        """
         mask, index, secondary = self.masks(inputs, data_samples)
         pred = self.neck(self.backbone(self.compact(inputs, index),
-                                       secondary)[-1], index)
+                                       secondary)[-1], index)  # B, L, p*p*3
         if self.head.norm_pix:
             target = self.head.patchify(inputs)
-            mean = target.mean(-1, keepdim=True)
-            std = (target.var(-1, keepdim=True) + 1e-6)**.5
+            B, h, w = mask.shape
+            rows = torch.arange(h, device=mask.device).view(-1, 1) // 2
+            cols = torch.arange(w, device=mask.device).view(1, -1) // 2
+            cell = (rows * (w // 2) + cols).flatten()  # cell of each patch
+            source = index[:, cell].unsqueeze(-1)  # its visible patch
+            mean = target.mean(-1, keepdim=True).gather(1, source)
+            std = (target.var(-1, keepdim=True) + 1e-6).sqrt().gather(
+                1, source)
             pred = pred * std + mean
         return self.head.unpatchify(pred)
