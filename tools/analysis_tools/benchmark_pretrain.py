@@ -276,7 +276,8 @@ def freeze_at(model, optim, cfg, point: float) -> str:
     for d, layer in enumerate(model.decoder_layers):
         if layer < k and d not in model.pruned_decoders:
             freeze_params(optim, model.prune_decoder(d))
-    return f'{k} layers, {len(model.pruned_decoders)} decoders'
+    n = len(model.pruned_decoders)
+    return f'{k} layers frozen, {n} decoder{"s" * (n != 1)} pruned'
 
 
 def make_batch(row: dict, args, batch_size: Optional[int] = None) -> dict:
@@ -568,7 +569,7 @@ def format_table(results: List[dict], args) -> str:
         ref = by_name.get(r['ref'])
         r['ref_label'] = ref['method'] if ref else '-'
         if r.get('frozen'):
-            r['method'] = f"{r['method']} ({r['frozen']} frozen)"
+            r['method'] = f"{r['method']} ({r['frozen']})"
     header = [c[0] for c in COLUMNS]
     body = [[cell(r, key, fmt) for _, key, fmt in COLUMNS] for r in results]
     widths = [max(len(x[i]) for x in [header] + body)
