@@ -123,6 +123,7 @@ def test_same_seed_same_masks_and_losses(cfg, tmp_path, data_root):
     """Two runs with the same seed draw the same masks and log the same
     first losses; another seed changes the masks."""
     from mmengine.registry import DefaultScope
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     train = load_tool('train')
     before = set(DefaultScope._instance_dict)
@@ -140,6 +141,7 @@ def test_same_seed_same_masks_and_losses(cfg, tmp_path, data_root):
         (ma, la), (mb, lb), (mc, _) = run('a', 0), run('b', 0), run('c', 1)
     finally:
         drop_new_default_scopes(before)
+        torch.set_num_threads(threads)
     assert len(ma) == 2
     for x, y in zip(ma, mb):
         assert torch.equal(x, y)
