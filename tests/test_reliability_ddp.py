@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mmum  # noqa: F401
-from _tiny_runs import (ROOT, drop_new_default_scopes, free_port, load_tool,
+from _tiny_runs import (drop_new_default_scopes, free_port, load_tool,
                         make_imagenet_folder, run_tool)
 from test_reliability_resume import ENV, probe_rows
 
