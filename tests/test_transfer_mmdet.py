@@ -112,6 +112,7 @@ def run_case(root, case):
         for k in ('mAP', 'mAP_50', 'mAP_75'):
             v = results[f'coco/{metric}_{k}']
             assert math.isfinite(v) and -1 <= v <= 1, (metric, k, v)
+    print('METRICS', case, results)
     return results
 
 

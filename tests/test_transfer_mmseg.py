@@ -56,6 +56,7 @@ def test_upernet_trains_and_evaluates(root, arch):
     runner, metrics = run_cfg(cfg, osp.join(root, f'upernet_{arch}'))
     assert runner.iter == 2
     assert_backbone_from(runner, ckpt)
+    print('METRICS', arch, metrics)
     assert {'aAcc', 'mIoU', 'mAcc'} <= set(metrics)
     for v in metrics.values():
         assert math.isfinite(v) and 0 <= v <= 100
