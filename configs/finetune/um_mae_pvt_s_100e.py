@@ -19,4 +19,3 @@ model = dict(
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     head=dict(in_channels=512))
-
