@@ -178,3 +178,32 @@ def test_setup_cpu_distributed_needs_launcher_env(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     with pytest.raises(RuntimeError, match=r"\['RANK', 'WORLD_SIZE'\]"):
         setup_cpu_distributed(Config(dict()), 'pytorch')
+
+
+def test_bias_table_resize_without_interp2d():
+    """mmpretrain's Swin bias-table resize (SciPy >= 1.14 has no interp2d):
+    a table linear in the geometric offsets maps to the same plane at the
+    new integer offsets, and mmpretrain's Swin uses the shim."""
+    import numpy as np
+    from mmpretrain.models.backbones import swin_transformer
+
+    from mmum.utils.compat import resize_relative_position_bias_table
+    assert swin_transformer.resize_relative_position_bias_table is \
+        resize_relative_position_bias_table or not hasattr(
+            __import__('scipy.interpolate').interpolate, 'interp2d')
+    src, dst = 27, 13  # window 14 -> window 7
+    half = src // 2
+    lo, hi = 1.01, 1.5
+    while hi - lo > 1e-6:
+        q = (lo + hi) / 2
+        lo, hi = (lo, q) if (1 - q**half) / (1 - q) > dst // 2 else (q, hi)
+    dis = np.cumsum([1] + [q**(i + 1) for i in range(half - 1)])
+    coords = np.concatenate([-dis[::-1], [0], dis])
+    yy, xx = np.meshgrid(coords, coords, indexing='ij')
+    table = torch.from_numpy(np.stack([2 * yy + xx, yy - 3 * xx], -1)
+                             .reshape(-1, 2)).float()
+    out = resize_relative_position_bias_table(src, dst, table, 2)
+    assert out.shape == (dst * dst, 2)
+    ny, nx = np.meshgrid(np.arange(-6, 7), np.arange(-6, 7), indexing='ij')
+    want = np.stack([2 * ny + nx, ny - 3 * nx], -1).reshape(-1, 2)
+    assert np.allclose(out.numpy(), want, atol=1e-3)

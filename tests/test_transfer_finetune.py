@@ -80,11 +80,6 @@ def test_starts_from_pretraining_and_saves_backbone(root, arch):
     assert runner.iter == 2
 
 
-@pytest.mark.xfail(
-    raises=NotImplementedError, strict=True,
-    reason='mmpretrain resizes Swin relative-position tables with '
-    'scipy.interpolate.interp2d, removed in SciPy 1.14; GreenMIM Swin-L '
-    '(window 14 -> 7) needs a compat shim')
 def test_green_mim_window_change_at_finetuning():
     """GreenMIM weights are mmpretrain Swin weights; Swin-L is pre-trained
     with 14x14 windows and fine-tuned with 7x7 (configs/finetune/

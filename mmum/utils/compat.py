@@ -31,6 +31,15 @@ listed here so it can be dropped once upstream catches up.
    anything else. Every other global still makes ``torch.load`` fail, as torch
    intends; trust a file first, then load it with ``weights_only=False``.
 
+2. **Resizing Swin's relative-position tables without ``interp2d``.**
+   mmpretrain 1.2 resizes a ``relative_position_bias_table`` of another
+   window size (e.g. GreenMIM Swin-L: window 14 in pre-training, 7 in
+   fine-tuning) with ``scipy.interpolate.interp2d``, removed in SciPy 1.14.
+   :func:`resize_relative_position_bias_table` keeps mmpretrain's geometric
+   grid and evaluates the same bicubic spline through
+   ``RectBivariateSpline``; it replaces the function where mmpretrain's Swin
+   and BEiT look it up.
+
 Not shimmed, because no code path of mmum reaches them: numpy 2.4 removed
 ``np.in1d`` (used by mmpretrain's retrieval metrics) and ``np.float`` /
 ``np.long`` (mmdet's YouTube-VIS evaluation and text transforms).
@@ -82,11 +91,61 @@ def safe_globals():
     ]
 
 
+def resize_relative_position_bias_table(src_shape, dst_shape, table,
+                                        num_head):
+    """mmpretrain's bias-table resize (same signature and geometric grid),
+    with SciPy's ``RectBivariateSpline`` instead of the removed
+    ``interp2d``: (src_shape**2, num_head) -> (dst_shape**2, num_head)."""
+    from scipy.interpolate import RectBivariateSpline
+
+    half = src_shape // 2
+    # ratio q of the geometric offsets 1, 1+q, 1+q+q^2, ... so that the
+    # source half-grid spans the destination half-grid
+    lo, hi = 1.01, 1.5
+    while hi - lo > 1e-6:
+        q = (lo + hi) / 2
+        if (1 - q**half) / (1 - q) > dst_shape // 2:
+            hi = q
+        else:
+            lo = q
+    dis = np.cumsum([1] + [q**(i + 1) for i in range(half - 1)])
+    coords = np.concatenate([-dis[::-1], [0], dis])
+    t = dst_shape // 2.0
+    new = np.arange(-t, t + 0.1, 1.0)
+    out = []
+    for i in range(num_head):
+        z = table[:, i].view(src_shape, src_shape).float().cpu().numpy()
+        spline = RectBivariateSpline(coords, coords, z, kx=3, ky=3)
+        out.append(torch.from_numpy(spline(new, new)).float().reshape(-1, 1))
+    return torch.cat(out, -1).to(table.device)
+
+
+def _patch_bias_resize():
+    import importlib
+    for name in ('mmpretrain.models.utils.embed',
+                 'mmpretrain.models.utils',
+                 'mmpretrain.models.backbones.swin_transformer',
+                 'mmpretrain.models.backbones.beit'):
+        module = importlib.import_module(name)
+        if hasattr(module, 'resize_relative_position_bias_table'):
+            module.resize_relative_position_bias_table = \
+                resize_relative_position_bias_table
+
+
 def apply():
     """Install the shims (idempotent)."""
-    if _APPLIED or not hasattr(torch.serialization, 'add_safe_globals'):
-        return  # already done, or torch < 2.4 (which loads everything)
-    torch.serialization.add_safe_globals(safe_globals())
+    if _APPLIED:
+        return
+    if hasattr(torch.serialization, 'add_safe_globals'):  # torch >= 2.4
+        torch.serialization.add_safe_globals(safe_globals())
+    try:
+        from scipy import interpolate
+        interpolate.interp2d(  # raises NotImplementedError on SciPy >= 1.14
+            [0, 1, 2, 3], [0, 1, 2, 3], np.zeros((4, 4)), kind='cubic')
+    except NotImplementedError:
+        _patch_bias_resize()
+    except Exception:
+        pass
     _APPLIED.append(True)
 
 
