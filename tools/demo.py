@@ -43,7 +43,8 @@ def demo_cfg(work_dir: str, data_dir: str, iters: int, batch_size: int):
     cfg.work_dir = work_dir
     cfg.resume = False
     cfg.train_dataloader.update(
-        batch_size=batch_size, num_workers=0, persistent_workers=False)
+        batch_size=batch_size, num_workers=0, persistent_workers=False,
+        sampler=dict(type='InfiniteSampler', shuffle=True))
     cfg.train_dataloader.dataset = dict(
         type='CustomDataset', data_root=data_dir, with_label=False,
         pipeline=cfg.train_pipeline)
