@@ -7,7 +7,13 @@
 #   MMUM_TORCH        pip spec(s) for torch    (default: "torch==2.14.1 torchvision==0.29.1")
 #   MMUM_TORCH_INDEX  extra index for torch, e.g. a CUDA wheel index (optional)
 #   MMUM_VENV         where the venv lives      (default: <repo>/.venv)
-#   MMUM_CACHE        wheel cache outside repo  (default: ~/.cache/mmum)
+#   MMUM_CACHE        cache outside the repo    (default: ~/.cache/mmum): the
+#                     built mmcv wheel and the shared base environment
+#   MMUM_SHARED_BASE  1 (default): torch, mmcv and the toolboxes live in one
+#                     base environment per requirement set under MMUM_CACHE,
+#                     and the repo's .venv reaches it through a .pth file, so a
+#                     fresh clone only installs mmum itself (seconds). 0: install
+#                     everything into the repo's .venv.
 #   MMUM_CXX_STD      C++ standard for mmcv ops (default: c++20 for torch >= 2.10, else c++17)
 #   MAX_JOBS          parallel compile jobs for mmcv (default: number of cores)
 set -euo pipefail
@@ -17,7 +23,6 @@ VENV="${MMUM_VENV:-$ROOT/.venv}"
 CACHE="${MMUM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmum}"
 TORCH_SPEC="${MMUM_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 MMCV_VERSION=2.1.0
-PY="$VENV/bin/python"
 STEP="start"
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
@@ -42,13 +47,6 @@ trap fail ERR
 
 mkdir -p "$CACHE/wheels"
 
-# 1. virtual environment ------------------------------------------------------
-STEP=venv
-if [ ! -x "$PY" ]; then
-  log "creating $VENV"
-  python3 -m venv "$VENV"
-fi
-PIP=("$PY" -m pip --disable-pip-version-check -q)
 # pip, with the local-index noise filtered out of its messages (exit status kept)
 pipq() { "${PIP[@]}" "$@" 2> >(grep -v 'is ignored' >&2); }
 
@@ -56,10 +54,30 @@ pipq() { "${PIP[@]}" "$@" 2> >(grep -v 'is ignored' >&2); }
 STAMP="$VENV/.mmum-setup-stamp"
 want_stamp="$(cat "$ROOT/tools/setup_env.sh" "$ROOT/requirements/"*.txt "$ROOT/setup.py" | sha1sum | cut -c1-16) $TORCH_SPEC"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && \
-   "$PY" -c "import mmcv.ops, mmum" >/dev/null 2>&1; then
+   "$VENV/bin/python" -c "import mmcv.ops, mmum" >/dev/null 2>&1; then
   log "environment up to date ($VENV)"
   exit 0
 fi
+
+# 1. virtual environments -----------------------------------------------------
+# BASE holds torch, mmcv and the toolboxes; VENV (the repo's .venv) holds mmum.
+STEP=venv
+if [ "${MMUM_SHARED_BASE:-1}" = 1 ]; then
+  KEY="$( (cat "$ROOT/requirements/"*.txt; echo "$TORCH_SPEC ${MMUM_TORCH_INDEX:-} mmcv$MMCV_VERSION"; \
+           python3 -c 'import sys; print(sys.version)') | sha1sum | cut -c1-12)"
+  BASE="$CACHE/venvs/$KEY"
+else
+  KEY=own; BASE="$VENV"
+fi
+PY="$BASE/bin/python"
+if [ ! -x "$PY" ]; then
+  log "creating $BASE"
+  python3 -m venv "$BASE"
+fi
+PIP=("$PY" -m pip --disable-pip-version-check -q)
+if [ -f "$BASE/.mmum-base-complete" ]; then
+  log "using the shared base environment $BASE"
+else
 
 # 2. torch ---------------------------------------------------------------------
 STEP=torch
@@ -126,8 +144,20 @@ fi
 STEP=openmmlab
 log "installing mmengine, mmpretrain, mmdet, mmsegmentation and test tools"
 pipq install -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
-"$PY" -c "import mmpretrain, mmdet, mmseg" || false
+"$PY" -c "import mmcv.ops, mmpretrain, mmdet, mmseg" || false
+[ "$BASE" = "$VENV" ] || touch "$BASE/.mmum-base-complete"
+fi  # base environment
+
+# 5. the repo's venv: mmum (editable) on top of the base ------------------------
 STEP=mmum
+if [ "$BASE" != "$VENV" ]; then
+  [ -x "$VENV/bin/python" ] || { log "creating $VENV"; python3 -m venv --without-pip "$VENV"; }
+  site() { "$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+  site "$PY" > "$(site "$VENV/bin/python")/_mmum_shared_base.pth"
+  PY="$VENV/bin/python"  # pip itself comes from the base through the .pth
+  PIP=("$PY" -m pip --disable-pip-version-check -q)
+fi
+log "installing mmum (editable) into $VENV"
 pipq install --no-deps --no-build-isolation -e "$ROOT"
 
 STEP=check
