@@ -155,6 +155,10 @@ if [ "$BASE" != "$VENV" ]; then
   site() { "$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
   site "$PY" > "$(site "$VENV/bin/python")/_mmum_shared_base.pth"
   PY="$VENV/bin/python"  # pip itself comes from the base through the .pth
+  for tool in pip:pip pytest:pytest torchrun:torch.distributed.run; do
+    printf '#!/bin/sh\nexec "%s" -m %s "$@"\n' "$PY" "${tool#*:}" > "$VENV/bin/${tool%%:*}"
+    chmod +x "$VENV/bin/${tool%%:*}"
+  done
   PIP=("$PY" -m pip --disable-pip-version-check -q)
 fi
 log "installing mmum (editable) into $VENV"
