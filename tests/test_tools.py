@@ -40,6 +40,9 @@ def _trained_iters(runner_or_work_dir):
     if log_file is None:
         log_file = sorted(glob.glob(osp.join(runner_or_work_dir, '2*')))[-1]
     text = open(glob.glob(osp.join(log_file, '*.log'))[0]).read()
+    # two runs started within the same second share mmengine's timestamped
+    # log dir: keep the last run's part of the file
+    text = text.split('Checkpoints will be saved to')[-1]
     return [int(i) for i in re.findall(r'Iter\(train\) \[\s*(\d+)/', text)]
 
 
