@@ -86,14 +86,16 @@ class CPBWindowMSA(BaseModule):
         # 3, B_, heads, N, C/heads
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(
             2, 0, 3, 1, 4)
-        bias = self.cpb(window).unsqueeze(0)  # 1, heads, N, N
-        if mask is not None:
+        bias = self.cpb(window)  # heads, N, N
+        if mask is not None:  # shifted windows: broadcast, don't copy
             nW = mask.shape[0]
-            bias = (bias + mask.unsqueeze(1)).repeat(B_ // nW, 1, 1, 1)
+            q, k, v = (t.view(B_ // nW, nW, *t.shape[1:]) for t in (q, k, v))
+            bias = bias + mask.unsqueeze(1)  # nW, heads, N, N
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype),
             dropout_p=self.attn_drop if self.training else 0.)
-        x = x.transpose(1, 2).reshape(B_, N, C)
+        x = x.reshape(B_, self.num_heads, N, -1).transpose(1, 2).reshape(
+            B_, N, C)
         return self.proj_drop(self.proj(x))
 
 
