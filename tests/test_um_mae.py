@@ -208,3 +208,68 @@ def test_layer_depth_covers_mask_token_and_conv_merging():
     assert depth['stages.0.downsample.proj.weight'] == 2  # end of stage 0
     assert depth['stages.1.blocks.0.attn.w_msa.qkv.weight'] == 3
     assert m.get_layer_depth('neck.x', 'backbone.') == (9, 10)  # the head
+
+
+@pytest.mark.parametrize('neck', ['mmum.UMMAEPretrainDecoder',
+                                  'mmum.UMMAEEmbedFirstDecoder'])
+def test_predicting_only_the_loss_patches_changes_nothing(neck):
+    """The loss reads only the dropped patches, so the decoder's last block
+    runs only their queries (``block_at``): loss and every gradient equal
+    those of predicting all patches and masking the loss (the MAE way)."""
+    from mmum.models.selfsup.um_mae import dropped_index
+    torch.manual_seed(0)
+    model = build()
+    cfg = copy.deepcopy(CFG.model.neck)
+    cfg.update(type=neck, embed_dim=256, decoder_embed_dim=256,
+               decoder_num_heads=8)
+    model.neck = MODELS.build(cfg)
+    model.neck.init_weights()
+    x, samples = batch(n=2)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()
+                if p.grad is not None}
+
+    new = model.loss(x, samples)['loss']
+    g_new = grads(new)
+    mask, index, secondary = model.masks(x, samples)
+    latent = model.backbone(model.compact(x, index), secondary)[-1]
+    full = model.neck(latent, index)  # B, L, p*p*3: every patch
+    old = model.head.loss(full, x, mask.flatten(1))
+    g_old = grads(old)
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
+    assert g_new.keys() == g_old.keys()
+    for n in g_old:
+        torch.testing.assert_close(g_new[n], g_old[n], rtol=1e-4, atol=1e-6,
+                                   msg=n)
+    # and the pruned predictions are the full ones at the dropped patches
+    dropped = dropped_index(mask)
+    assert dropped.shape == (2, 192)
+    assert bool(mask.flatten(1).gather(1, dropped).all())
+    part = model.neck(latent, index, dropped)
+    torch.testing.assert_close(
+        part, full.gather(1, dropped.unsqueeze(-1).expand(-1, -1, 768)),
+        rtol=1e-5, atol=1e-5)
+
+
+def test_block_at_matches_the_block():
+    """``block_at`` == the mmpretrain block's output at the chosen tokens,
+    with layer scale, no qkv bias and a value shortcut."""
+    from mmpretrain.models.backbones.vision_transformer import \
+        TransformerEncoderLayer
+
+    from mmum.models.layers import block_at
+    torch.manual_seed(0)
+    x = torch.randn(3, 20, 64)
+    index = torch.stack([torch.randperm(20)[:7] for _ in range(3)])
+    for kw in (dict(), dict(layer_scale_init_value=0.1, qkv_bias=False)):
+        blk = TransformerEncoderLayer(64, 4, 128, **kw).eval()
+        want = blk(x).gather(1, index.unsqueeze(-1).expand(-1, -1, 64))
+        torch.testing.assert_close(block_at(blk, x, index), want,
+                                   rtol=1e-5, atol=1e-5)
+    blk = TransformerEncoderLayer(64, 1, 128).eval()
+    blk.attn.v_shortcut = True  # falls back to the whole block
+    want = blk(x).gather(1, index.unsqueeze(-1).expand(-1, -1, 64))
+    torch.testing.assert_close(block_at(blk, x, index), want)

@@ -1,7 +1,10 @@
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from mmpretrain.models.necks import MAEPretrainDecoder
 
+from mmum.models.layers import block_at
 from mmum.registry import MODELS
 
 
@@ -32,24 +35,40 @@ class UMMAEPretrainDecoder(MAEPretrainDecoder):
             embed_dim=embed_dim // upscale_factor**2, **kwargs)
         self.upscale_factor = upscale_factor
 
-    def forward(self, x: torch.Tensor,
-                visible_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, visible_index: torch.Tensor,
+                target_index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, C, h, w) encoder map; visible_index: (B, N) position in the
-        full patch grid of each unit of the compact input, row-major.
-        Returns per-patch predictions (B, num_patches, p*p*3)."""
+        full patch grid of each unit of the compact input, row-major;
+        target_index: (B, M) patches to predict (default: all).
+        Returns per-patch predictions (B, M or num_patches, p*p*3)."""
         x = F.pixel_shuffle(x, self.upscale_factor)  # B, C/r^2, h*r, w*r
         x = x.flatten(2).transpose(1, 2)  # B, N, C/r^2
+        return self.decode(self.decoder_embed(x), visible_index, target_index)
+
+    def decode(self, x: torch.Tensor, visible_index: torch.Tensor,
+               target_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Decoder blocks and prediction from the embedded units.
+
+        x: (B, N, D) one token per visible patch, in ``visible_index`` order.
+        With ``target_index`` the last block runs only the queries of those
+        patches (:func:`block_at`): exactly the same predictions there.
+        """
         if x.shape[1] != visible_index.shape[1]:
             raise ValueError(
                 f'the encoder gives {x.shape[1]} units after PixelShuffle x'
                 f'{self.upscale_factor} but the mask has '
                 f'{visible_index.shape[1]} visible patches')
-        x = self.decoder_embed(x)  # B, N, D
         B, N, D = x.shape
         full = self.mask_token.to(x.dtype).expand(B, self.num_patches, D)
         full = full.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, D),
                             x)  # B, L, D
         x = full + self.decoder_pos_embed[:, 1:]  # no class token
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))  # B, L, p*p*3
+        blocks = list(self.decoder_blocks)
+        last = blocks.pop() if target_index is not None and blocks else None
+        for blk in blocks:
+            x = blk(x)  # B, L, D
+        if last is not None:
+            x = block_at(last, x, target_index)  # B, M, D
+        elif target_index is not None:
+            x = x.gather(1, target_index.unsqueeze(-1).expand(-1, -1, D))
+        return self.decoder_pred(self.decoder_norm(x))  # B, L or M, p*p*3

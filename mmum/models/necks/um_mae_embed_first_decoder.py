@@ -1,3 +1,5 @@
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,24 +25,13 @@ class UMMAEEmbedFirstDecoder(UMMAEPretrainDecoder):
         self.decoder_embed = nn.Linear(
             embed_dim, upscale_factor**2 * decoder_embed_dim)
 
-    def forward(self, x: torch.Tensor,
-                visible_index: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, h, w); visible_index: (B, N). Returns (B, L, p*p*3)."""
+    def forward(self, x: torch.Tensor, visible_index: torch.Tensor,
+                target_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, C, h, w); visible_index: (B, N); target_index: (B, M) or
+        None. Returns (B, M or L, p*p*3)."""
         B, _, h, w = x.shape
         x = self.decoder_embed(x.flatten(2).transpose(1, 2))  # B, h*w, r^2 D
         x = F.pixel_shuffle(x.transpose(1, 2).reshape(B, -1, h, w),
                             self.upscale_factor)  # B, D, h*r, w*r
         x = x.flatten(2).transpose(1, 2)  # B, N, D
-        if x.shape[1] != visible_index.shape[1]:
-            raise ValueError(
-                f'the encoder gives {x.shape[1]} units after PixelShuffle x'
-                f'{self.upscale_factor} but the mask has '
-                f'{visible_index.shape[1]} visible patches')
-        D = x.shape[-1]
-        full = self.mask_token.to(x.dtype).expand(B, self.num_patches, D)
-        full = full.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, D),
-                            x)  # B, L, D
-        x = full + self.decoder_pos_embed[:, 1:]  # no class token
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))  # B, L, p*p*3
+        return self.decode(x, visible_index, target_index)

@@ -32,6 +32,17 @@ def visible_index(mask: torch.Tensor) -> torch.Tensor:
     return (rows * w + cols).flatten(1)
 
 
+def dropped_index(mask: torch.Tensor) -> torch.Tensor:
+    """(B, M) flat index of the dropped patches (``mask`` (B, h, w), 1 =
+    dropped), M = 3/4 h*w for a uniform mask; sorted by a stable sort, so
+    with no host-device sync."""
+    B, h, w = mask.shape
+    M = h * w - h * w // 4
+    order = torch.argsort(mask.flatten(1).to(torch.uint8), dim=1,
+                          descending=True, stable=True)
+    return order[:, :M]
+
+
 @MODELS.register_module()
 class UMMAE(BaseSelfSupervisor):
     """UM-MAE: MAE pre-training of hierarchical ViTs with Uniform Masking.
@@ -95,9 +106,12 @@ class UMMAE(BaseSelfSupervisor):
                 f'mask grid {tuple(mask.shape[1:])} does not match the '
                 f'{H}x{W} input with {self.patch_size}-px patches (expected '
                 f'{grid}, image sides multiples of {2 * self.patch_size})')
-        mask = mask.to(inputs.device)
+        # checked and indexed where the pipeline made them (the CPU), so the
+        # check costs no host-device sync; then moved once
         index = visible_index(mask)
-        secondary = secondary.to(inputs.device).flatten(1).gather(1, index)
+        secondary = secondary.flatten(1).gather(1, index.to(secondary.device))
+        mask, index, secondary = (t.to(inputs.device, non_blocking=True)
+                                  for t in (mask, index, secondary))
         return mask, index, secondary.view(B, grid[0] // 2, grid[1] // 2)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[DataSample],
@@ -105,8 +119,15 @@ class UMMAE(BaseSelfSupervisor):
         mask, index, secondary = self.masks(inputs, data_samples)
         x = self.compact(inputs, index)  # B, 3, H/2, W/2
         latent = self.backbone(x, secondary)[-1]  # B, C, H/64, W/64
-        pred = self.neck(latent, index)  # B, h*w, p*p*3
-        return dict(loss=self.head.loss(pred, inputs, mask.flatten(1)))
+        # the loss reads the dropped patches only, so only they are predicted
+        dropped = dropped_index(mask)  # B, M = 3/4 h*w
+        pred = self.neck(latent, index, dropped)  # B, M, p*p*3
+        target = self.head.construct_target(inputs)  # B, h*w, p*p*3
+        target = target.gather(
+            1, dropped.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
+        loss = self.head.loss_module(pred, target,
+                                     pred.new_ones(dropped.shape))
+        return dict(loss=loss)
 
     @torch.no_grad()
     def reconstruct(self, inputs: torch.Tensor,
