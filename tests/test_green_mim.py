@@ -112,22 +112,27 @@ def test_decoder_puts_every_visible_token_at_its_own_unit():
 
 
 def test_loss_only_on_masked_units(monkeypatch):
+    """Only the masked units are predicted and scored: the prediction has
+    one row per masked unit, and changing a masked unit's pixels (which the
+    encoder never sees) changes the loss, not the prediction."""
     torch.manual_seed(0)
     model = _tiny_model()
-    kept = {}
+    x = torch.randn(2, 3, 128, 128)
+    mask = model.random_mask(x)  # 4x4 units of 32 px
+    monkeypatch.setattr(model, 'random_mask', lambda inputs: mask)
+    kept = []
     decode = model.neck.forward
-
-    def spy(x, mask):
-        kept['pred'] = pred = decode(x, mask)
-        kept['mask'] = mask
-        pred.retain_grad()
-        return pred
-
-    monkeypatch.setattr(model.neck, 'forward', spy)
-    model.loss(torch.randn(2, 3, 128, 128), _samples(2))['loss'].backward()
-    grad = kept['pred'].grad.abs().sum(-1)  # B, L
-    masked = kept['mask'].flatten()
-    assert (grad[:, ~masked] == 0).all() and (grad[:, masked] > 0).all()
+    monkeypatch.setattr(model.neck, 'forward',
+                        lambda *a, **k: kept.append(decode(*a, **k)) or
+                        kept[-1])
+    base = model.loss(x, _samples(2))['loss']
+    assert kept[0].shape == (2, int(mask.sum()), 32 * 32 * 3)
+    r, c = mask.nonzero()[0].tolist()
+    y = x.clone()
+    y[..., 32 * r:32 * r + 32, 32 * c:32 * c + 32] += torch.randn(3, 32, 32)
+    changed = model.loss(y, _samples(2))['loss']
+    torch.testing.assert_close(kept[1], kept[0])
+    assert not torch.allclose(changed, base)
 
 
 def test_overfit_one_batch_and_load_into_mmpretrain_swin(tmp_path):
@@ -211,3 +216,44 @@ def test_runner_pretrains_and_checkpoint_loads_into_swin(tmp_path):
     swin2.init_weights()
     for k, v in swin2.state_dict().items():
         torch.testing.assert_close(v, swin.state_dict()[k])
+
+
+def test_predicting_only_masked_units_changes_nothing(monkeypatch):
+    """The loss reads the masked units only, so the decoder's last block runs
+    just their queries: loss and gradients equal the full decoder's (every
+    unit predicted, loss masked as in MAE)."""
+    torch.manual_seed(0)
+    model = _tiny_model()
+    x = torch.randn(2, 3, 128, 128)
+    mask = model.random_mask(x)
+    monkeypatch.setattr(model, 'random_mask', lambda inputs: mask)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()
+                if p.grad is not None}
+
+    new = model.loss(x, _samples(2))['loss']
+    g_new = grads(new)
+    full = model.neck(model.backbone(x, mask)[-1], mask)  # B, L, ...
+    old = model.head.loss(full, x, mask.flatten().expand(2, -1).float())
+    g_old = grads(old)
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
+    assert g_new.keys() == g_old.keys()
+    for n in g_old:
+        torch.testing.assert_close(g_new[n], g_old[n], rtol=1e-4, atol=1e-6,
+                                   msg=n)
+
+
+def test_step_reads_no_device_data():
+    """No host-device sync in the training step: the batch-wise mask is
+    drawn, checked and grouped (optimal grouping) on the host and only index
+    tensors move, so the step runs with the model and images on the
+    ``meta`` device, whose tensors have no data to read back."""
+    torch.manual_seed(0)
+    model = _tiny_model().to('meta')
+    loss = model.loss(torch.randn(2, 3, 128, 128, device='meta'),
+                      _samples(2))['loss']
+    assert loss.device.type == 'meta'
+    loss.backward()

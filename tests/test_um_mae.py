@@ -273,3 +273,17 @@ def test_block_at_matches_the_block():
     blk.attn.v_shortcut = True  # falls back to the whole block
     want = blk(x).gather(1, index.unsqueeze(-1).expand(-1, -1, 64))
     torch.testing.assert_close(block_at(blk, x, index), want)
+
+
+def test_step_reads_no_device_data():
+    """No host-device sync in the training step: with the model and images
+    on the ``meta`` device (tensors without data, so any ``.item()``,
+    ``bool()``, ``.tolist()`` or ``nonzero()`` on them raises), forward and
+    backward still run; the masks are checked and indexed on the host."""
+    model = build()
+    x, samples = batch(n=2)
+    model.to('meta')
+    loss = model.loss(x.to('meta'), samples)['loss']
+    assert loss.device.type == 'meta'
+    loss.backward()
+    assert model.backbone.mask_token.grad.device.type == 'meta'

@@ -83,8 +83,11 @@ class GreenSwinTransformer(SwinTransformer):
         x, hw = self.patch_embed(x)  # B, H0*W0, C
         f = 2**(self.num_layers - 1)
         keep = keep.repeat_interleave(f, 0).repeat_interleave(f, 1)
+        # positions, plans and gather indices are computed where the mask
+        # lives (the host for GreenMIM's draw) and only the indices are moved:
+        # no host-device sync in the step
         coords = keep.nonzero()  # N, 2 (row, col), row-major
-        x = x[:, coords[:, 0] * hw[1] + coords[:, 1]]  # B, N, C
+        x = x[:, (coords[:, 0] * hw[1] + coords[:, 1]).to(x.device)]  # B,N,C
         x = self.drop_after_pos(x)
 
         outs = []
@@ -129,8 +132,8 @@ class GreenSwinTransformer(SwinTransformer):
             attn = block.attn
             shift = attn.shift_size if min(hw) > attn.window_size else 0
             if shift not in plans:
-                plans[shift] = build_group_plan(coords, attn.window_size,
-                                                shift, x.shape[-1])
+                plans[shift] = build_group_plan(
+                    coords, attn.window_size, shift, x.shape[-1]).to(x.device)
             x = x + attn.drop(attn.w_msa(block.norm1(x), plan=plans[shift]))
             x = block.ffn(block.norm2(x), identity=x)
         return x
@@ -148,7 +151,7 @@ class GreenSwinTransformer(SwinTransformer):
         children = torch.stack([(r + a) * W + c + b
                                 for a, b in ((0, 0), (0, 1), (1, 0), (1, 1))],
                                1)  # N/4, 4 in nn.Unfold's kernel order
-        x = x[:, lut[children]]  # B, N/4, 4, C
+        x = x[:, lut[children].to(x.device)]  # B, N/4, 4, C
         x = x.transpose(2, 3).reshape(B, -1, 4 * C)  # channel-major: Unfold
         x = downsample.reduction(downsample.norm(x))  # B, N/4, 2C
         coords = torch.div(top_left, 2, rounding_mode='floor')

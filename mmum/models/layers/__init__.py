@@ -6,5 +6,5 @@ from .group_window_attention import GroupWindowAttention  # noqa: E402
 __all__ += ['GroupWindowAttention']
 from .conv_patch_merging import ConvPatchMerging  # noqa: E402
 __all__ += ['ConvPatchMerging']
-from .query_subset import block_at  # noqa: E402
-__all__ += ['block_at']
+from .query_subset import block_at, blocks_at  # noqa: E402
+__all__ += ['block_at', 'blocks_at']

@@ -31,6 +31,13 @@ class GroupPlan(NamedTuple):
     rel_index: torch.Tensor  # (G, gs, gs) row of the bias table per pair
     group_size: int
 
+    def to(self, device) -> 'GroupPlan':
+        """The plan's index tensors on ``device`` (plans are built where the
+        mask lives, the host, so the grouping search reads no device data)."""
+        return self._replace(
+            **{k: getattr(self, k).to(device, non_blocking=True)
+               for k in ('index', 'slot', 'allowed', 'rel_index')})
+
 
 def window_ids(coords: torch.Tensor, window_size: int,
                shift_size: int) -> torch.Tensor:

@@ -7,6 +7,8 @@ for the loss tokens alone: same loss, same gradients, less work. With UM-MAE's
 75% drop this skips a quarter of the last block's queries, attention output,
 projection and MLP, and of the prediction layer.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from mmpretrain.models.backbones.vision_transformer import \
@@ -42,3 +44,18 @@ def block_at(block: TransformerEncoderLayer, x: torch.Tensor,
     y = attn.proj(y.transpose(1, 2).reshape(B, M, E))
     y = x.gather(1, idx) + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
     return block.ffn(block.ln2(y), identity=y)  # B, M, D
+
+
+def blocks_at(blocks, x: torch.Tensor,
+              index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run ``blocks`` on ``x`` (B, L, D); with ``index`` (B, M) return only
+    those tokens' outputs (B, M, D), the last block computing just their
+    queries (:func:`block_at`)."""
+    *blocks, last = list(blocks) or [None]
+    for block in blocks:
+        x = block(x)  # B, L, D
+    if index is None:
+        return x if last is None else last(x)
+    if last is None:
+        return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return block_at(last, x, index)  # B, M, D

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from mmpretrain.models.necks import MAEPretrainDecoder
 
-from mmum.models.layers import block_at
+from mmum.models.layers import blocks_at
 from mmum.registry import MODELS
 
 
@@ -51,7 +51,7 @@ class UMMAEPretrainDecoder(MAEPretrainDecoder):
 
         x: (B, N, D) one token per visible patch, in ``visible_index`` order.
         With ``target_index`` the last block runs only the queries of those
-        patches (:func:`block_at`): exactly the same predictions there.
+        patches (:func:`~mmum.models.layers.block_at`): exactly the same predictions there.
         """
         if x.shape[1] != visible_index.shape[1]:
             raise ValueError(
@@ -63,12 +63,5 @@ class UMMAEPretrainDecoder(MAEPretrainDecoder):
         full = full.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, D),
                             x)  # B, L, D
         x = full + self.decoder_pos_embed[:, 1:]  # no class token
-        blocks = list(self.decoder_blocks)
-        last = blocks.pop() if target_index is not None and blocks else None
-        for blk in blocks:
-            x = blk(x)  # B, L, D
-        if last is not None:
-            x = block_at(last, x, target_index)  # B, M, D
-        elif target_index is not None:
-            x = x.gather(1, target_index.unsqueeze(-1).expand(-1, -1, D))
+        x = blocks_at(self.decoder_blocks, x, target_index)  # B, L or M, D
         return self.decoder_pred(self.decoder_norm(x))  # B, L or M, p*p*3

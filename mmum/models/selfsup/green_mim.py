@@ -14,6 +14,7 @@ from mmengine.dist import get_dist_info
 from mmpretrain.models import BaseSelfSupervisor, MAEPretrainDecoder
 from mmpretrain.structures import DataSample
 
+from mmum.models.layers import blocks_at
 from mmum.registry import MODELS
 
 
@@ -24,9 +25,13 @@ class GreenMIMDecoder(MAEPretrainDecoder):
     Its ``decoder_pos_embed`` keeps MAE's (unused) class-token slot 0 so the
     fixed 2-D sin-cos table is built by the parent unchanged."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                masked_only: bool = False) -> torch.Tensor:
         """x: (B, N_vis, C) visible units in row-major order; mask: (h, w)
-        bool, True = masked. Returns (B, h*w, patch_size**2 * 3)."""
+        bool, True = masked. Returns (B, h*w, patch_size**2 * 3), or with
+        ``masked_only`` (B, M, ...) for the masked units in row-major order,
+        the only ones the loss reads: the last block then runs just their
+        queries (:func:`~mmum.models.layers.block_at`), same values."""
         mask = mask.flatten()
         if mask.numel() != self.num_patches:
             raise ValueError(f'decoder is built for {self.num_patches} mask '
@@ -37,13 +42,14 @@ class GreenMIMDecoder(MAEPretrainDecoder):
         masked = mask.nonzero().squeeze(1)
         # token k of the sequence [visible..., masked...] sits at unit
         # order[k]; argsort(order) puts every token at its own unit
-        restore = torch.argsort(torch.cat([visible, masked]))
+        restore = torch.argsort(torch.cat([visible, masked])).to(x.device)
         x = torch.cat(
             [x, self.mask_token.to(x.dtype).expand(B, len(masked), -1)], 1)
         x = x[:, restore] + self.decoder_pos_embed[:, 1:]  # B, L, D
-        for block in self.decoder_blocks:
-            x = block(x)
-        return self.decoder_pred(self.decoder_norm(x))  # B, L, p*p*3
+        x = blocks_at(self.decoder_blocks, x,
+                      masked.to(x.device).expand(B, -1) if masked_only else
+                      None)  # B, L or M, D
+        return self.decoder_pred(self.decoder_norm(x))  # B, L or M, p*p*3
 
 
 @MODELS.register_module()
@@ -97,7 +103,8 @@ class GreenMIM(BaseSelfSupervisor):
         """One random mask for the micro-batch: (H/unit, W/unit) bool, True =
         masked, ``int(L * (1 - ratio))`` units kept as in MAE. Each rank takes
         its own row of a (world_size, L) draw, so masks differ across ranks
-        even when all ranks share a seed."""
+        even when all ranks share a seed. It stays on the host: the encoder
+        plans its groups there and moves only index tensors."""
         H, W = inputs.shape[-2:]
         u = self.mask_unit
         if H % u or W % u:
@@ -112,18 +119,20 @@ class GreenMIM(BaseSelfSupervisor):
         noise = torch.rand(world_size, h * w)[rank]
         mask = torch.ones(h * w, dtype=torch.bool)
         mask[noise.argsort()[:num_keep]] = False
-        return mask.view(h, w).to(inputs.device)
+        return mask.view(h, w)
 
     def extract_feat(self, inputs: torch.Tensor):
         return self.backbone(inputs)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[DataSample],
              **kwargs) -> Dict[str, torch.Tensor]:
-        mask = self.random_mask(inputs)  # h, w
+        mask = self.random_mask(inputs)  # h, w, on the host
         latent = self.backbone(inputs, mask)[-1]  # B, N_vis, C
-        pred = self.neck(latent, mask)  # B, L, unit*unit*3
-        target_mask = mask.flatten().expand(inputs.shape[0], -1).float()
-        return dict(loss=self.head.loss(pred, inputs, target_mask))
+        pred = self.neck(latent, mask, masked_only=True)  # B, M, u*u*3
+        masked = mask.flatten().nonzero().squeeze(1).to(inputs.device)
+        target = self.head.construct_target(inputs)[:, masked]  # B, M, u*u*3
+        return dict(loss=self.head.loss_module(pred, target,
+                                               pred.new_ones(pred.shape[:2])))
 
 
 __all__ = ['GreenMIM', 'GreenMIMDecoder']
