@@ -49,7 +49,8 @@ def test_table_rows_and_columns(bench, run):
     lines = [ln for ln in text.splitlines() if ln.startswith('| ')]
     header = [c.strip() for c in lines[0].strip('|').split('|')]
     assert header == [c[0] for c in bench.COLUMNS]
-    for col in ('step ms', 'peak MiB', 'act MiB/img', 'act x',
+    for col in ('step ms', 'optim ms', 'dec GFLOP/img', 'peak MiB',
+                'act MiB/img', 'act x',
                 'train GFLOP/img', 'enc tok/img', 'time x', 'mem x',
                 'FLOPs x', 'grouping %', 'targets'):
         assert col in header
@@ -64,10 +65,14 @@ def test_table_rows_and_columns(bench, run):
         assert len(r['times']) == 2 and r['time_ms'] > 0
         assert r['mem_mib'] > 0 and r['train_gflops'] > 0
         assert 0 < r['act_mib'] < r['mem_mib']
+        assert 0 < r['optim_ms'] < r['time_ms']
         if r['family'] == 'localmim':  # decoders on several blocks
-            assert r['enc_gflops'] is None
+            assert r['enc_gflops'] is None and r['dec_gflops'] is None
         else:
             assert 0 < r['enc_gflops'] < r['train_gflops']
+        if r['family'] in ('ummae', 'greenmim'):  # MAE decoders
+            assert 0 < r['dec_gflops'] <= (r['train_gflops'] -
+                                           r['enc_gflops']) * (1 + 1e-9)
 
 
 def test_ratios_are_the_measured_ratios(run):
@@ -136,6 +141,14 @@ def test_targets_verdicts(bench):
     rows[1]['time_ms'] = 5.
     bench.add_ratios(rows)
     assert rows[1]['verdict'].startswith('time>=2.5x MISSED')
+    # a missed target gets its "where the time goes" line
+    rows[1].update(method='M', arch='A', ref_label='R', dec_gflops=1.,
+                   optim_ms=1.)
+    lines = bench.where_time_goes(rows)
+    assert len(lines) == 2 and lines[1].startswith('M A misses a target')
+    assert 'the decoder is 50% of its training FLOPs' in lines[1]
+    assert '4.00x fewer FLOPs than R while time is 2.00x' in lines[1]
+    assert 'optimizer step is 20% of its step time' in lines[1]
 
 
 def test_bad_method_is_a_clear_error(bench):

@@ -330,17 +330,35 @@ def train_step(row, data):
 
 
 def timed_step(row: dict, args) -> None:
-    """One training step; appends its time (and its grouping time)."""
+    """One training step; appends its time, its grouping time and the time
+    of its optimizer step."""
     data = make_batch(row, args)
     device = args.device
-    _sync(device)
-    with GroupingTimer() as gt:
-        start = time.perf_counter()
-        train_step(row, data)
+    optim, optim_seconds = row['optim'], []
+    step = optim.step
+
+    def timed_optim_step(*a, **k):  # OptimWrapper.update_params calls it
         _sync(device)
-        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            return step(*a, **k)
+        finally:
+            _sync(device)
+            optim_seconds.append(time.perf_counter() - start)
+
+    optim.step = timed_optim_step
+    _sync(device)
+    try:
+        with GroupingTimer() as gt:
+            start = time.perf_counter()
+            train_step(row, data)
+            _sync(device)
+            seconds = time.perf_counter() - start
+    finally:
+        del optim.step  # back to the class's method
     row.setdefault('times', []).append(seconds)
     row.setdefault('grouping_times', []).append(gt.seconds)
+    row.setdefault('optim_times', []).append(sum(optim_seconds))
 
 
 def persistent_bytes(row: dict) -> int:
@@ -468,10 +486,11 @@ def count_flops(row: dict, args) -> None:
     with first_block_tokens(model, tokens), counter:
         train_step(row, data)
     counts = counter.get_flop_counts()
-    enc = f'{type(model).__name__}.backbone'
     row['train_gflops'] = counter.get_total_flops() / args.batch_size / 1e9
-    row['enc_gflops'] = None if row['family'] == 'localmim' else sum(
-        counts.get(enc, {}).values()) / args.batch_size / 1e9
+    for key, part in (('enc', 'backbone'), ('dec', 'neck')):
+        row[f'{key}_gflops'] = None if row['family'] == 'localmim' else sum(
+            counts.get(f'{type(model).__name__}.{part}',
+                       {}).values()) / args.batch_size / 1e9
     row['tokens'] = tokens.get('tokens')
 
 
@@ -483,6 +502,8 @@ def run_pair(names: List[str], args) -> List[dict]:
     for row in rows:
         row['times'] = row['times'][args.warmup:]
         row['grouping_times'] = row['grouping_times'][args.warmup:]
+        row['optim_ms'] = statistics.median(
+            row['optim_times'][args.warmup:]) * 1e3
         t = row['times']
         row['time_ms'] = statistics.median(t) * 1e3
         row['time_min_ms'], row['time_max_ms'] = min(t) * 1e3, max(t) * 1e3
@@ -544,10 +565,12 @@ def add_ratios(results: List[dict]) -> None:
 COLUMNS = [  # header, key, format
     ('method', 'method', '{}'), ('arch', 'arch', '{}'), ('img', 'img', '{}'),
     ('enc tok/img', 'tokens', '{}'), ('step ms', 'time_ms', '{:.1f}'),
-    ('min-max ms', None, None), ('peak MiB', 'mem_mib', '{:.0f}'),
+    ('min-max ms', None, None), ('optim ms', 'optim_ms', '{:.1f}'),
+    ('peak MiB', 'mem_mib', '{:.0f}'),
     ('act MiB/img', 'act_mib', '{:.1f}'),
     ('train GFLOP/img', 'train_gflops', '{:.3g}'),
-    ('enc GFLOP/img', 'enc_gflops', '{:.3g}'), ('vs', 'ref_label', '{}'),
+    ('enc GFLOP/img', 'enc_gflops', '{:.3g}'),
+    ('dec GFLOP/img', 'dec_gflops', '{:.3g}'), ('vs', 'ref_label', '{}'),
     ('time x', 'time_x', '{:.2f}'), ('mem x', 'mem_x', '{:.2f}'),
     ('act x', 'act_x', '{:.2f}'),
     ('FLOPs x', 'flops_x', '{:.2f}'), ('enc FLOPs x', 'enc_flops_x',
@@ -600,7 +623,8 @@ def format_table(results: List[dict], args) -> str:
          '; the configs\' optimizers as they are'),
         'step ms: median (and min-max) of train_step: data preprocessor, '
         'forward, loss, backward, optimizer step' +
-        (' (AMP)' if args.device.startswith('cuda') else ' (fp32)'),
+        (' (AMP)' if args.device.startswith('cuda') else ' (fp32)') +
+        '; optim ms: the optimizer step\'s part of it (median)',
         mem,
         'act MiB/img: what the forward pass leaves alive for the backward '
         '(activations saved by autograd), per image; memory targets are '
@@ -608,9 +632,10 @@ def format_table(results: List[dict], args) -> str:
         ' per GPU) it is nearly all of the peak, while at a small benchmark'
         ' batch the weights and optimizer state dominate "peak MiB"',
         'GFLOP/img: FlopCounterMode over forward + backward of one step '
-        '(matmuls, convs, attention), per image; enc = the backbone (not '
-        'shown for LocalMIM, whose decoders read several blocks: torch\'s '
-        'module tracker then books their backward to the encoder)',
+        '(matmuls, convs, attention), per image; enc = the backbone, dec '
+        '= the neck (decoder; neither shown for LocalMIM, whose decoders '
+        'read several blocks: torch\'s module tracker then books their '
+        'backward to the encoder)',
         'enc tok/img: tokens entering the encoder\'s first block',
         'ViTFreeze@t: configs/vitfreeze/vit_b_100e.py with the layers '
         'FreezeOutLR has frozen at fraction t of the schedule and the '
@@ -621,7 +646,27 @@ def format_table(results: List[dict], args) -> str:
         'spent in GreenMIM\'s build_group_plan (optimal grouping search + '
         'index building)',
     ]
-    return '\n'.join(lines + [''] + notes)
+    return '\n'.join(lines + [''] + notes + where_time_goes(results))
+
+
+def where_time_goes(results: List[dict]) -> List[str]:
+    """For each row that misses a target: its FLOPs split and the bound the
+    split puts on its ratios, from the measured values above."""
+    out = []
+    for r in results:
+        if 'MISSED' not in r.get('verdict', '') or not r.get('dec_gflops'):
+            continue
+        dec = r['dec_gflops'] / r['train_gflops']
+        out.append(
+            f"{r['method']} {r['arch']} misses a target. Where its step "
+            f"goes: the decoder is {dec:.0%} of its training FLOPs "
+            f"({r['dec_gflops']:.3g} of {r['train_gflops']:.3g} GFLOP/img), "
+            f"the encoder {r['enc_gflops']:.3g} ({r['enc_flops_x']:.2f}x "
+            f"fewer than {r['ref_label']}'s); so the whole step does "
+            f"{r['flops_x']:.2f}x fewer FLOPs than {r['ref_label']} while "
+            f"time is {r['time_x']:.2f}x; the optimizer step is "
+            f"{r['optim_ms'] / r['time_ms']:.0%} of its step time.")
+    return [''] + out if out else []
 
 
 def cpu_name() -> str:
