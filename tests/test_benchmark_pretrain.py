@@ -71,6 +71,7 @@ def test_table_rows_and_columns(bench, run):
         else:
             assert 0 < r['enc_gflops'] < r['train_gflops']
         if r['family'] in ('ummae', 'greenmim'):  # MAE decoders
+            assert 0 < r['dec_act_mib'] < r['act_mib']
             assert 0 < r['dec_gflops'] <= (r['train_gflops'] -
                                            r['enc_gflops']) * (1 + 1e-9)
 
@@ -143,12 +144,13 @@ def test_targets_verdicts(bench):
     assert rows[1]['verdict'].startswith('time>=2.5x MISSED')
     # a missed target gets its "where the time goes" line
     rows[1].update(method='M', arch='A', ref_label='R', dec_gflops=1.,
-                   optim_ms=1.)
+                   optim_ms=1., dec_act_mib=0.5)
     lines = bench.where_time_goes(rows)
     assert len(lines) == 2 and lines[1].startswith('M A misses a target')
     assert 'the decoder is 50% of its training FLOPs' in lines[1]
     assert '4.00x fewer FLOPs than R while time is 2.00x' in lines[1]
     assert 'optimizer step is 20% of its step time' in lines[1]
+    assert 'decoder also holds 0.5 of its 2 MiB/img' in lines[1]
 
 
 def test_bad_method_is_a_clear_error(bench):

@@ -476,15 +476,52 @@ def first_block_tokens(model: nn.Module, out: dict):
             h.remove()
 
 
+@contextmanager
+def saved_by_decoder(model: nn.Module, out: dict):
+    """Bytes autograd saves for the backward while the decoder (``neck``)
+    runs its forward: distinct storages, parameters excluded."""
+    seen = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    inside = []
+    out['saved'] = 0
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if inside and ptr not in seen:
+            seen.add(ptr)
+            out['saved'] += t.untyped_storage().nbytes()
+        return t
+
+    def enter(module, args):
+        inside.append(module)
+
+    def leave(module, args, output):
+        inside.pop()
+
+    neck = getattr(model, 'neck', None)
+    handles = [] if neck is None else [
+        neck.register_forward_pre_hook(enter),
+        neck.register_forward_hook(leave)
+    ]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def count_flops(row: dict, args) -> None:
-    """Training FLOPs (forward + backward) per image, total and encoder, and
-    the encoder's tokens per image, from one more step."""
+    """Training FLOPs (forward + backward) per image, total, encoder and
+    decoder, the encoder's tokens per image and what the decoder saves for
+    the backward, from one more step."""
     data = make_batch(row, args)
     model = row['model']
     counter = FlopCounterMode(display=False, custom_mapping=SDPA_CPU)
-    tokens = {}
-    with first_block_tokens(model, tokens), counter:
+    tokens, dec = {}, {}
+    with first_block_tokens(model, tokens), saved_by_decoder(model, dec), \
+            counter:
         train_step(row, data)
+    row['dec_act_mib'] = dec['saved'] / args.batch_size / 2**20
     counts = counter.get_flop_counts()
     row['train_gflops'] = counter.get_total_flops() / args.batch_size / 1e9
     for key, part in (('enc', 'backbone'), ('dec', 'neck')):
@@ -665,7 +702,10 @@ def where_time_goes(results: List[dict]) -> List[str]:
             f"fewer than {r['ref_label']}'s); so the whole step does "
             f"{r['flops_x']:.2f}x fewer FLOPs than {r['ref_label']} while "
             f"time is {r['time_x']:.2f}x; the optimizer step is "
-            f"{r['optim_ms'] / r['time_ms']:.0%} of its step time.")
+            f"{r['optim_ms'] / r['time_ms']:.0%} of its step time. The "
+            f"decoder also holds {r['dec_act_mib']:.3g} of its "
+            f"{r['act_mib']:.3g} MiB/img of saved activations "
+            f"({r['dec_act_mib'] / r['act_mib']:.0%}).")
     return [''] + out if out else []
 
 
