@@ -51,7 +51,8 @@ class UMMAEPretrainDecoder(MAEPretrainDecoder):
 
         x: (B, N, D) one token per visible patch, in ``visible_index`` order.
         With ``target_index`` the last block runs only the queries of those
-        patches (:func:`~mmum.models.layers.block_at`): exactly the same predictions there.
+        patches (:func:`~mmum.models.layers.block_at`): exactly the same
+        predictions there.
         """
         if x.shape[1] != visible_index.shape[1]:
             raise ValueError(
