@@ -199,8 +199,16 @@ def load_config(name: str, args) -> Config:
     else:
         bb.img_size = img
     if 'window' in spec:  # SimMIM Swin-B/L from mmpretrain's 192-px recipe
-        bb.stage_cfgs = dict(block_cfgs=dict(window_size=spec['window']))
-        bb.pad_small_map = spec['window'] > img // 32
+        # a stage map smaller than the window is one window of the map's
+        # size, as in GreenMIM's Swin and the official Swin/SimMIM code (the
+        # window is clamped); mmpretrain's pad_small_map would pad a 7x7 map
+        # to 14x14 and do 4x the work there
+        bb.stage_cfgs = [
+            dict(block_cfgs=dict(window_size=min(spec['window'],
+                                                 img // 2**(i + 2))))
+            for i in range(4)
+        ]
+        bb.pad_small_map = False
     if args.tiny:
         tiny(cfg, family)
     # one optimizer step per train_step; AMP only where it runs (GPU)
