@@ -149,6 +149,26 @@ class FreezeOutLR(_ParamScheduler):
         self.frozen_layers: List[int] = []
         super().__init__(optimizer, 'lr', begin, end, last_step, by_epoch,
                          verbose)
+        torch_optim = getattr(optimizer, 'optimizer', optimizer)
+        if hasattr(torch_optim, 'register_load_state_dict_pre_hook'):
+            torch_optim.register_load_state_dict_pre_hook(
+                self._check_frozen_before_load)
+
+    def _check_frozen_before_load(self, optimizer, state_dict):
+        """Before an optimizer state is loaded (resume): the layers frozen
+        when it was saved (absent from its groups) must be frozen already,
+        which :class:`mmum.FreezeOutHook` does; else torch would fail with
+        "different number of parameter groups"."""
+        saved = {g.get('layer_id') for g in state_dict.get('param_groups', [])}
+        ours = {g.get('layer_id') for g in optimizer.param_groups}
+        gone = sorted(i for i in ours - saved if i is not None)
+        if gone:
+            raise ValueError(
+                f'FreezeOutLR: the optimizer state being loaded was saved '
+                f'after layers {gone} froze, but they are not frozen here. '
+                "Add dict(type='mmum.FreezeOutHook') to custom_hooks: on "
+                'resume it freezes the saved layers before the optimizer '
+                'state is loaded (and keeps frozen layers in eval mode).')
 
     @classmethod
     def build_iter_from_epoch(cls, *args, warmup=0, begin=0, end=INF,
