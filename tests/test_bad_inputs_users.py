@@ -568,3 +568,20 @@ def test_pruned_decoder_loss_leaves_the_log(tmp_path):
     assert sorted(logged.rows) == list(range(8, 12))
     for it, (keys, active) in logged.rows.items():
         assert keys == active, it
+
+
+def test_strict_pretrained_keeps_swin_window_resizing(tmp_path):
+    """GreenMIM Swin-L pre-trains with window 14 and fine-tunes with 7: the
+    bias tables of another window are resized by mmpretrain's load hook, so
+    the strict init accepts them (and loads the resized tables)."""
+    torch.manual_seed(0)
+    green = build(dict(type='mmum.GreenSwinTransformer', arch=SWIN,
+                       img_size=64, window_size=8))
+    path = save(tmp_path / 'green.pth', green.state_dict(), 'backbone.')
+    model = init_from(FINETUNE_BACKBONES['mmpretrain SwinTransformer'], path,
+                      _scope_='mmum')
+    key = 'stages.0.blocks.0.attn.w_msa.relative_position_bias_table'
+    assert green.state_dict()[key].shape[0] == 15 * 15
+    assert model.state_dict()[key].shape[0] == 7 * 7
+    assert_same_weights(model, green.state_dict(),
+                        skip=('relative_position', ))
