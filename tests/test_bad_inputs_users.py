@@ -202,13 +202,15 @@ def test_every_downstream_config_refuses_another_architecture(config,
 
 
 # ------------------------------------------------- 3. truncated checkpoints
+@pytest.mark.parametrize('zip_format', [True, False])
 @pytest.mark.parametrize('keep', [0.9, 0.5, 0.34, 0.1])
-def test_truncated_checkpoint_names_the_file(keep, tmp_path):
+def test_truncated_checkpoint_names_the_file(keep, zip_format, tmp_path):
     from mmum.engine.checkpoint import checkpoint_problem
     model = build(FINETUNE_BACKBONES['CPBSwinTransformer'])
     path = str(tmp_path / 'iter_8.pth')
     torch.save({'state_dict': model.state_dict(), 'meta': {'iter': 8},
-                'optimizer': {'state': {}, 'param_groups': []}}, path)
+                'optimizer': {'state': {}, 'param_groups': []}}, path,
+               _use_new_zipfile_serialization=zip_format)
     assert checkpoint_problem(path) is None
     data = open(path, 'rb').read()
     with open(path, 'wb') as f:
@@ -306,8 +308,8 @@ def test_freezeout_resume_without_hook_names_the_hook(tmp_path):
     from mmum.engine.hooks import FreezeOutHook
     full, _ = make_runner(tmp_path / 'full', max_iters=10)
     full.train()
-    resumed, _ = make_runner(tmp_path / 'resumed',
-                             resume_from=str(tmp_path / 'full' / 'iter_10.pth'))
+    last = str(tmp_path / 'full' / 'iter_10.pth')
+    resumed, _ = make_runner(tmp_path / 'resumed', resume_from=last)
     resumed._hooks = [h for h in resumed._hooks
                       if not isinstance(h, FreezeOutHook)]
     with pytest.raises(ValueError) as info:
@@ -423,7 +425,8 @@ def test_um_mae_decoder_built_for_256_runs_at_512():
     for 16x16 patches predicts a 512-px batch exactly as one built for
     32x32 patches with the same weights."""
     from test_um_mae import batch
-    for decoder in ('mmum.UMMAEPretrainDecoder', 'mmum.UMMAEEmbedFirstDecoder'):
+    for decoder in ('mmum.UMMAEPretrainDecoder',
+                    'mmum.UMMAEEmbedFirstDecoder'):
         torch.manual_seed(0)
         from test_um_mae import CFG
         cfg = copy.deepcopy(CFG.model)
@@ -449,13 +452,14 @@ def test_green_mim_decoder_runs_at_another_grid():
     """Built for 128 px (4x4 units), at 256 px (8x8) equal to a decoder
     built for 8x8."""
     from test_green_mim import _samples
+
+    from mmum.models.grid import sincos_positions
     small = green_mim()
-    big = green_mim()
+    big = green_mim()  # its decoder built for 8x8 units
     big.neck.num_patches = 64
-    big.neck.decoder_pos_embed = torch.nn.Parameter(
-        torch.cat([torch.zeros(1, 1, 64),
-                   __import__('mmum.models.grid', fromlist=['x'])
-                   .sincos_positions((8, 8), 64)], 1), requires_grad=False)
+    big.neck.decoder_pos_embed = torch.nn.Parameter(torch.cat(
+        [torch.zeros(1, 1, 64), sincos_positions((8, 8), 64)], 1),
+        requires_grad=False)
     big.load_state_dict({k: v for k, v in small.state_dict().items()
                          if 'decoder_pos_embed' not in k}, strict=False)
     x = torch.randn(1, 3, 256, 256)

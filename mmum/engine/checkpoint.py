@@ -16,7 +16,6 @@
 import errno
 import os
 import os.path as osp
-import pickle
 import re
 import zipfile
 from typing import Optional
@@ -31,13 +30,14 @@ def load_from_local(filename, map_location):
     """mmengine's local loader; unreadable files name themselves."""
     try:
         return _mmengine_load(filename, map_location)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise  # they name the file already
-    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError,
-            ValueError, zipfile.BadZipFile) as e:
-        # a truncated zip makes torch fail in several ways: "failed finding
-        # central directory", EOFError, or (below ~1/3 of the bytes) a bare
-        # OSError(EINVAL) from a seek before the start of the file
+    except (FileNotFoundError, IsADirectoryError, PermissionError,
+            MemoryError):
+        raise  # they name the file already / are not about the file
+    except Exception as e:
+        # a truncated file makes torch fail in many ways: "failed finding
+        # central directory", "unexpected EOF", EOFError, struct.error (legacy
+        # format), UnpicklingError, or a bare OSError(EINVAL) from a seek
+        # before the start of the file
         if isinstance(e, OSError) and e.errno not in (None, errno.EINVAL):
             raise
         if 'weights_only' in str(e) or 'Weights only' in str(e):

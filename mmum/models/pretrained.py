@@ -40,7 +40,8 @@ WHOLE_MODEL = ('backbone', 'neck', 'head', 'decode_head', 'auxiliary_head',
 
 def use_strict_pretrained(init_cfg):
     """``init_cfg`` with each ``type='Pretrained'`` entry given
-    ``_scope_='mmum'`` (unless it has a scope): :class:`StrictPretrainedInit`."""
+    ``_scope_='mmum'`` (unless it has one), i.e.
+    :class:`StrictPretrainedInit`."""
     cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
     for cfg in cfgs:
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
@@ -175,4 +176,5 @@ class StrictPretrainedInit(PretrainedInit):
                 + (f' (prefix {self.prefix!r})' if self.prefix else '')
                 + ': it is a checkpoint of another architecture or '
                 'configuration; ' + '; '.join(parts) + '. Use a checkpoint of '
-                f'this {name} (tools/model_converters/ convert other layouts).')
+                f'this {name} (tools/model_converters/ convert other '
+                'layouts).')
