@@ -319,6 +319,23 @@ def test_freezeout_resume_without_hook_names_the_hook(tmp_path):
         "dict(type='mmum.FreezeOutHook')" in msg, msg
 
 
+def test_freezeout_runner_without_hook_warns_when_freezing(tmp_path):
+    """Built without tools/train.py (no config check): the first freeze
+    logs a warning naming the hook; with the hook there is none."""
+    from test_decoder_pruning import make_runner
+
+    from mmum.engine.hooks import FreezeOutHook
+    for with_hook in (False, True):
+        runner, _ = make_runner(tmp_path / str(with_hook), max_iters=7)
+        if not with_hook:
+            runner._hooks = [h for h in runner._hooks
+                             if not isinstance(h, FreezeOutHook)]
+        with LogCapture() as log:
+            runner.train()
+        warned = [m for m in log if 'no mmum.FreezeOutHook' in m]
+        assert bool(warned) != with_hook, log
+
+
 # ------------------------------------------------------ 5. masking ratios
 def green_mim(**kw):
     from test_green_mim import _tiny_model

@@ -3,7 +3,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch.nn.parallel import DistributedDataParallel
 
-from mmum.engine.schedulers.freezeout import FreezeOutLR
+from mmum.engine.schedulers.freezeout import HOOKED, FreezeOutLR
 from mmum.registry import HOOKS
 
 
@@ -69,6 +69,8 @@ class FreezeOutHook(Hook):
         if not freezeout_schedulers(runner):
             raise ValueError('FreezeOutHook: no FreezeOutLR in '
                              'param_scheduler')
+        for _, sched in freezeout_schedulers(runner):
+            HOOKED.add(sched)
         model = runner.model
         inner = model.module if is_model_wrapper(model) else model
         if not hasattr(inner, 'get_layer_depth'):

@@ -8,15 +8,20 @@ at ``t_i``; at that step the layer is frozen for good (see
 :func:`freeze_params`). ViTFreeze (arXiv 2312.02194, §3.2-3.3) adds a linear
 warm-up of every layer to its own peak ``lr_i(0)``.
 """
+import logging
 import math
+import weakref
 from typing import Iterable, List
 
 import torch
+from mmengine.logging import print_log
 from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 
 from mmum.registry import PARAM_SCHEDULERS
 
 SPACINGS = {'linear': 1, 'squared': 2, 'cubic': 3}
+# schedulers a FreezeOutHook looks after (kept out of the state dict)
+HOOKED = weakref.WeakSet()
 
 
 def freeze_params(optimizer, params: Iterable[torch.Tensor]) -> None:
@@ -219,6 +224,12 @@ class FreezeOutLR(_ParamScheduler):
                 if self.t[i] < 1 and self.last_step >= self.t[i] * self.total
             ]
             if len(due) > len(self.frozen_layers):
+                if self not in HOOKED:
+                    print_log(  # tools/train.py stops such configs early
+                        'FreezeOutLR freezes layers but no mmum.FreezeOutHook'
+                        ' runs: add it to custom_hooks (frozen layers keep '
+                        'dropout / drop path, DDP and resume fail)',
+                        logger='current', level=logging.WARNING)
                 self.freeze_layers(due)
             for i, (group, lr) in enumerate(
                     zip(self.optimizer.param_groups, self._get_value())):
