@@ -547,6 +547,27 @@ def test_uniform_masking_hint_is_accepted_by_the_encoders(side):
     pvt.check_compact_input(compact, torch.zeros(1, hint // 32, hint // 32))
 
 
+@pytest.mark.parametrize('side', [100, 250, 300])
+def test_green_mim_size_hint_is_accepted(side):
+    """GreenMIM's hints (mask unit, then the window check of the encoder)
+    name a size that trains."""
+    import re
+
+    from test_green_mim import _samples
+    model = green_mim()  # window 4
+    with pytest.raises(ValueError) as info:
+        model.loss(torch.randn(1, 3, side, side), _samples(1))
+    hint = int(re.search(r'e\.g\. (\d+)x\1', str(info.value)).group(1))
+    assert f'{side}x{side}' in str(info.value)
+    loss = model.loss(torch.randn(1, 3, hint, hint), _samples(1))['loss']
+    assert torch.isfinite(loss)
+    big = green_mim(arch=dict(embed_dims=16, depths=(2, 2, 2, 2),
+                              num_heads=(1, 1, 2, 2)))
+    big.backbone.window_size = 7  # the configs' window: 250 -> 224
+    assert big.backbone.suggest_size(250) == 224 and \
+        not big.backbone.fits(256)
+
+
 # ------------------------------- DecoderPruningHook: no stale loss in logs
 def test_pruned_decoder_loss_leaves_the_log(tmp_path):
     """What the LoggerHook sees each iteration: the losses of the decoders

@@ -115,8 +115,9 @@ class GreenMIM(BaseSelfSupervisor):
         H, W = inputs.shape[-2:]
         u = self.mask_unit
         if H % u or W % u:
+            fit = getattr(self.backbone, 'suggest_size', lambda n: n)
             raise ValueError(f'image size {H}x{W} must be divisible by the '
-                             f'mask unit {u}')
+                             f'mask unit {u}, e.g. {fit(H)}x{fit(W)}')
         h, w = H // u, W // u
         num_keep = int(h * w * (1 - self.mask_ratio))
         if not 1 <= num_keep < h * w:
