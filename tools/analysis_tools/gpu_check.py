@@ -98,13 +98,11 @@ def block_mmcv_ops() -> None:
 
 def mmcv_ops_state() -> str:
     import mmcv
-    if 'mmcv._ext' in sys.modules and sys.modules['mmcv._ext'] is None:
-        return (f'blocked (mmcv {mmcv.__version__}; mmcv._ext made absent, '
-                'as without ops)')
-    try:
-        import mmcv._ext  # noqa: F401
-    except ImportError:
+    if not glob.glob(osp.join(osp.dirname(mmcv.__file__), '_ext*')):
         return f'absent (mmcv {mmcv.__version__} built without ops)'
+    if 'mmcv._ext' in sys.modules and sys.modules['mmcv._ext'] is None:
+        return (f'blocked (mmcv {mmcv.__version__} has ops; mmcv._ext made '
+                'absent, as without ops)')
     return f'present (mmcv {mmcv.__version__} with ops)'
 
 
