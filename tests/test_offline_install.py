@@ -96,3 +96,76 @@ print(json.dumps(dict(
     assert info['mmcv_dists'] == ['mmcv-lite'] and not info['ext']
     import torch
     assert info['torch'] == torch.__file__  # this machine's, untouched
+
+
+FAKE_PYTHON = r'''#!/usr/bin/env bash
+# stands in for python3: records pip calls, fakes the mmcv sdist
+log="$FAKE_LOG"
+case "$1 $2" in
+  "-c "*) echo 3.11 ;;
+  "-m venv") mkdir -p "$3/bin"; cp "$0" "$3/bin/python" ;;
+  "-m pip")
+    echo "$*" >> "$log"
+    if [[ " $* " == *" mmcv==2.1.0 "* ]]; then
+      for ((i = 1; i <= $#; i++)); do
+        [ "${!i}" = -d ] && { j=$((i + 1)); d="${!j}"; }
+      done
+      t="$(mktemp -d)"; mkdir -p "$t/mmcv-2.1.0/mmcv.egg-info"
+      printf 'addict\nyapf\nopencv-python>=3\n\n[all]\nninja\n' \
+        > "$t/mmcv-2.1.0/mmcv.egg-info/requires.txt"
+      tar czf "$d/mmcv-2.1.0.tar.gz" -C "$t" mmcv-2.1.0
+    elif [[ " $* " == *" -r "* ]]; then
+      for ((i = 1; i <= $#; i++)); do
+        [ "${!i}" = -r ] && { j=$((i + 1)); cat "${!j}" >> "$log.reqs"; }
+      done
+    fi ;;
+esac
+exit 0
+'''
+
+
+def test_make_wheelhouse_pip_commands(tmp_path):
+    """The pip calls make_wheelhouse.sh makes, without a network: a fake
+    python3 records them."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'python3').write_text(FAKE_PYTHON)
+    (bin_dir / 'python3').chmod(0o755)
+    log = tmp_path / 'pip.log'
+    env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}',
+               FAKE_LOG=str(log))
+    subprocess.run(['bash', MAKE, str(tmp_path / 'wh'), '--python-version',
+                    '3.10', '--platform', 'manylinux2014_x86_64', '--torch',
+                    'none'], cwd=ROOT, env=env, check=True,
+                   capture_output=True, text=True)
+    helper, sdist, wheels = log.read_text().splitlines()
+    # the mmcv sdist: no binaries, setuptools<81 in the helper env
+    assert helper.split()[-2:] == ['setuptools>=77,<81', 'wheel']
+    assert '--no-binary :all: --no-build-isolation' in sdist
+    # the wheels: binary only, for the target, with every older manylinux
+    args = wheels.split()
+    assert '--only-binary=:all:' in args and 'torch' not in wheels
+    assert args[args.index('--python-version') + 1] == '3.10'
+    platforms = [args[i + 1] for i, a in enumerate(args) if a == '--platform']
+    assert platforms[0] == 'manylinux_2_17_x86_64'  # = manylinux2014
+    assert set(platforms) == {f'manylinux_2_{m}_x86_64'
+                              for m in range(5, 18)} | {
+        'manylinux2014_x86_64', 'manylinux2010_x86_64', 'manylinux1_x86_64'}
+    for build in ('setuptools>=77,<81', 'wheel', 'ninja'):
+        assert build in args
+    # mmcv's base requirements (not its extras), then mmum's
+    reqs = (tmp_path / 'pip.log.reqs').read_text().split()
+    assert reqs[:3] == ['addict', 'yapf', 'opencv-python>=3']
+    assert 'mmengine==0.10.7' in reqs and 'pytest' in reqs
+    assert 'ninja' not in reqs  # mmcv's [all] extra stays out
+
+    # the default torch and a CUDA index go into the same resolve
+    log.unlink()
+    subprocess.run(['bash', MAKE, str(tmp_path / 'wh2'), '--torch-index',
+                    'https://example.invalid/cu121'], cwd=ROOT, env=env,
+                   check=True, capture_output=True, text=True)
+    wheels = log.read_text().splitlines()[-1].split()
+    assert 'torch==2.14.1' in wheels and 'torchvision==0.29.1' in wheels
+    assert wheels[wheels.index('--extra-index-url') + 1] == \
+        'https://example.invalid/cu121'
+    assert 'manylinux_2_28_x86_64' in wheels  # the default platform

@@ -1,7 +1,8 @@
 """One command that proves mmum's GPU path on a machine (issue 18).
 
 For a machine with torch (CUDA build) and a wheelhouse made by
-``tools/make_wheelhouse.sh``; about 5-10 min on one modern GPU::
+``tools/make_wheelhouse.sh``; sized for at most 10 min on one modern GPU
+(its CUDA path has not run yet: no GPU where it was written)::
 
     python tools/analysis_tools/gpu_check.py --out gpu_check_out \
         --wheelhouse /path/to/wheelhouse            # --device cuda (default)
