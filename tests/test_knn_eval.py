@@ -196,3 +196,49 @@ def test_two_processes_equal_one(tmp_path, shapes):
     assert (a[0]['world_size'], b[0]['world_size']) == (1, 2)
     for key in ('top1', 'top5', 'num_train', 'num_val'):
         assert a[0][key] == b[0][key], (a, b)
+
+
+TINY = [('tests/configs/watch_um_mae.py', 64),
+        ('tests/configs/rel_green_mim.py', 128),  # window 4 at stage 4
+        ('tests/configs/tiny_vitfreeze.py', 64)]
+FULL = ['configs/um_mae/swin_t_200e.py', 'configs/um_mae/pvt_s_200e.py',
+        'configs/um_mae/vit_b_200e.py', 'configs/green_mim/swin_b_800e.py',
+        'configs/vitfreeze/vit_b_100e.py', 'configs/vitfreeze/swin_t_100e.py',
+        'configs/simmim/swin_t_256_200e.py',
+        'mmpretrain::mae/mae_vit-base-p16_8xb512-amp-coslr-300e_in1k.py',
+        'mmpretrain::simmim/'
+        'simmim_swin-base-w6_8xb256-amp-coslr-100e_in1k-192px.py']
+
+
+def evaluate_config(cfg_path, root, tmp_path, img_size):
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, DefaultScope
+
+    from mmum.engine.hooks import KNNEvalHook
+    if cfg_path.startswith('mmpretrain::'):
+        (tmp_path / 'cfg.py').write_text(f'_base_ = {cfg_path!r}\n')
+        cfg_path = str(tmp_path / 'cfg.py')
+    cfg = Config.fromfile(osp.join(osp.dirname(__file__), '..', cfg_path))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg.model)
+    model.train()
+    hook = KNNEvalHook(**datasets(root), img_size=img_size, batch_size=4,
+                       num_workers=0, train_subset=8, val_subset=4)
+    result = hook.evaluate(model)
+    assert set(result) == {'top1', 'top5'}
+    assert 0 <= result['top1'] <= 100 and model.training
+
+
+@pytest.mark.parametrize('cfg, size', TINY)
+def test_every_encoder_tiny(cfg, size, shapes, tmp_path):
+    """UM-MAE Swin, GreenMIM Swin, LocalMIM ViT (tiny): the dense path."""
+    evaluate_config(cfg, shapes, tmp_path, size)
+
+
+@pytest.mark.slow  # full-size models on CPU: ~2 min
+@pytest.mark.parametrize('cfg', FULL)
+def test_every_encoder_full_size(cfg, shapes, tmp_path):
+    """Every pre-training config's encoder (UM-MAE Swin/PVT/ViT, GreenMIM
+    Swin, LocalMIM ViT/Swin, SimMIM) and mmpretrain's own MAE and SimMIM
+    models, at the configs' usual 224 px (192 for mmpretrain's SimMIM)."""
+    evaluate_config(cfg, shapes, tmp_path, 192 if 'simmim_' in cfg else 224)
