@@ -242,3 +242,41 @@ def test_every_encoder_full_size(cfg, shapes, tmp_path):
     Swin, LocalMIM ViT/Swin, SimMIM) and mmpretrain's own MAE and SimMIM
     models, at the configs' usual 224 px (192 for mmpretrain's SimMIM)."""
     evaluate_config(cfg, shapes, tmp_path, 192 if 'simmim_' in cfg else 224)
+
+
+WATCHED = {  # config -> hooks once its "Watching the run" block is on
+    'configs/um_mae/swin_t_200e.py': 2, 'configs/um_mae/vit_b_200e.py': 1,
+    'configs/green_mim/swin_b_800e.py': 2,
+    'configs/vitfreeze/local_mim_vit_b_100e.py': 2,
+    'configs/vitfreeze/vit_b_100e.py': 2, 'configs/vitfreeze/swin_t_100e.py': 2,
+    # inherit the block of their base
+    'configs/um_mae/pvt_s_200e.py': 2, 'configs/um_mae/swin_l_800e.py': 2,
+    'configs/green_mim/swin_l_800e.py': 2,
+}
+
+
+def test_config_blocks_uncommented_build(tmp_path):
+    """Every pre-training config carries a commented-out block with both
+    hooks; uncommented (in a copy) it parses and the hooks build."""
+    import shutil
+
+    from mmengine.config import Config
+
+    from mmum.engine.hooks import KNNEvalHook, ReconstructionHook
+    from mmum.registry import HOOKS
+    root = osp.join(osp.dirname(__file__), '..')
+    shutil.copytree(osp.join(root, 'configs'), tmp_path / 'configs')
+    for path in WATCHED:
+        text = (tmp_path / path).read_text()
+        if '# custom_hooks += [' in text:
+            head, block = text.split('# custom_hooks += [')
+            block = '\n'.join(line[2:] for line in block.splitlines())
+            (tmp_path / path).write_text(f'{head}custom_hooks += [{block}\n')
+    for path, n in WATCHED.items():
+        hooks = Config.fromfile(str(tmp_path / path)).custom_hooks
+        watch = [h for h in hooks if h['type'] in (
+            'mmum.KNNEvalHook', 'mmum.ReconstructionHook')]
+        assert len(watch) == n, path
+        built = [type(HOOKS.build(h)) for h in watch]
+        assert built == [KNNEvalHook, ReconstructionHook][:n]
+        assert 'mmum.NaNGuardHook' in [h['type'] for h in hooks]
