@@ -57,6 +57,9 @@ def main():
     from mmum.visualization.reconstruction import model_kind
 
     cfg = Config.fromfile(args.config)
+    if 'data_preprocessor' not in cfg.model and cfg.get('data_preprocessor'):
+        # as the Runner does: the top-level preprocessor (e.g. to_rgb)
+        cfg.model.data_preprocessor = cfg.data_preprocessor
     model = MODELS.build(cfg.model)
     model_kind(model)  # TypeError for a model it cannot draw
     load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
