@@ -248,7 +248,8 @@ WATCHED = {  # config -> hooks once its "Watching the run" block is on
     'configs/um_mae/swin_t_200e.py': 2, 'configs/um_mae/vit_b_200e.py': 1,
     'configs/green_mim/swin_b_800e.py': 2,
     'configs/vitfreeze/local_mim_vit_b_100e.py': 2,
-    'configs/vitfreeze/vit_b_100e.py': 2, 'configs/vitfreeze/swin_t_100e.py': 2,
+    'configs/vitfreeze/vit_b_100e.py': 2,
+    'configs/vitfreeze/swin_t_100e.py': 2,
     # inherit the block of their base
     'configs/um_mae/pvt_s_200e.py': 2, 'configs/um_mae/swin_l_800e.py': 2,
     'configs/green_mim/swin_l_800e.py': 2,

@@ -31,5 +31,6 @@ param_scheduler = [
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=800)
 
-# Watching the run: the commented-out hooks at the end of ./swin_t_200e.py apply here
-# too once uncommented there (this config inherits its custom_hooks).
+# Watching the run: the commented-out hooks at the end of
+# ./swin_t_200e.py apply here too once uncommented there (this config
+# inherits its custom_hooks).

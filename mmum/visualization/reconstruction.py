@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 RECON_TITLES = ('original', 'masked input', 'reconstruction',
                 'reconstruction + visible')

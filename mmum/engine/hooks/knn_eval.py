@@ -286,9 +286,10 @@ class KNNEvalHook(Hook):
             step=it)
         n_train, n_val = len(self.indices['train']), len(self.indices['val'])
         runner.logger.info(
-            f'{self.prefix}: k-NN (k={self.k}, T={self.temperature}) on {n_train} train / '
-            f'{n_val} val images at epoch {epoch}, iter {it}: top-1 '
-            f"{result['top1']:.2f}, top-5 {result['top5']:.2f} "
+            f'{self.prefix}: k-NN (k={self.k}, T={self.temperature}) on '
+            f'{n_train} train / {n_val} val images at epoch {epoch}, '
+            f"iter {it}: top-1 {result['top1']:.2f}, top-5 "
+            f"{result['top5']:.2f} "
             f"({result['time']:.1f} s)")
         if is_main_process():
             row = dict(epoch=epoch, iter=it, num_train=n_train,

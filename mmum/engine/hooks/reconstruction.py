@@ -132,10 +132,8 @@ class ReconstructionHook(Hook):
         """Write the picture; returns its path (None on other ranks)."""
         if not is_main_process():
             return None
-        from mmum.visualization.reconstruction import (figure,
-                                                       preprocessor_stats,
-                                                       reconstruct, save_figure,
-                                                       titles)
+        from mmum.visualization.reconstruction import (
+            figure, preprocessor_stats, reconstruct, save_figure, titles)
         if self.items is None:
             self.prepare(runner)
         model = self.unwrap(runner.model)
