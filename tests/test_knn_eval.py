@@ -245,7 +245,7 @@ def test_every_encoder_full_size(cfg, shapes, tmp_path):
 
 
 WATCHED = {  # config -> hooks once its "Watching the run" block is on
-    'configs/um_mae/swin_t_200e.py': 2, 'configs/um_mae/vit_b_200e.py': 1,
+    'configs/um_mae/swin_t_200e.py': 2, 'configs/um_mae/vit_b_200e.py': 2,
     'configs/green_mim/swin_b_800e.py': 2,
     'configs/vitfreeze/local_mim_vit_b_100e.py': 2,
     'configs/vitfreeze/vit_b_100e.py': 2,

@@ -46,14 +46,27 @@ def test_png_after_interval_identical_across_runs(tmp_path, shapes):
     assert np.array_equal(a2[40:, :2 * 64 + 4], a4[40:, :2 * 64 + 4])
 
 
-def build(cfg_path, **model):
+TINY_MAE = {  # configs/um_mae/vit_b_200e.py (mmpretrain MAE + UMViT), tiny
+    'model.backbone.arch': dict(_delete_=True, embed_dims=32, num_layers=2,
+                                num_heads=2, feedforward_channels=64),
+    'model.backbone.img_size': 64, 'model.neck.num_patches': 16,
+    'model.neck.embed_dim': 32, 'model.neck.decoder_embed_dim': 16,
+    'model.neck.decoder_depth': 1, 'model.neck.decoder_num_heads': 2,
+}
+
+
+def build(cfg_path, **options):
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
 
     from mmum.registry import MODELS
     cfg = Config.fromfile(osp.join(ROOT, cfg_path))
-    cfg.model.update(model)
+    cfg.merge_from_dict(options)
+    if 'data_preprocessor' not in cfg.model and cfg.get('data_preprocessor'):
+        cfg.model.data_preprocessor = cfg.data_preprocessor
     torch.manual_seed(0)
-    m = MODELS.build(cfg.model)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        m = MODELS.build(cfg.model)
     m.init_weights()
     return m, cfg
 
@@ -65,18 +78,21 @@ def photos(tmp_path_factory):
     return [osp.join(root, 'train', f'{i}.png') for i in range(2)]
 
 
-@pytest.mark.parametrize('cfg, size, columns', [
-    ('tests/configs/rel_green_mim.py', 128, 4),
-    ('tests/configs/tiny_vitfreeze.py', 64, 5),
+@pytest.mark.parametrize('cfg, options, size, columns', [
+    ('tests/configs/rel_green_mim.py', {}, 128, 4),
+    ('tests/configs/tiny_vitfreeze.py', {}, 64, 5),
+    ('configs/um_mae/vit_b_200e.py', TINY_MAE, 64, 4),
 ])
-def test_green_mim_and_local_mim_pictures(cfg, size, columns, photos):
-    """GreenMIM draws pixels, LocalMIM (ViT) the HOG at 16-px cells; both
-    with fixed masks (the same picture twice), the caller's RNG states and
-    every module's mode are kept."""
+def test_green_mim_mae_and_local_mim_pictures(cfg, options, size, columns,
+                                              photos):
+    """GreenMIM and mmpretrain's MAE (UM-MAE's ViT pilot) draw pixels,
+    LocalMIM (ViT) the HOG at 16-px cells; all with fixed masks (the same
+    picture twice), the caller's RNG states and every module's mode are
+    kept."""
     from mmum.visualization.reconstruction import (figure, load_images,
                                                    model_image_size,
                                                    model_kind, reconstruct)
-    model, _ = build(cfg)
+    model, _ = build(cfg, **options)
     model.train()
     kind = model_kind(model)
     assert model_image_size(model) == size
@@ -91,8 +107,7 @@ def test_green_mim_and_local_mim_pictures(cfg, size, columns, photos):
     assert grid.shape == (2 * size + 4, columns * size + (columns - 1) * 4,
                           3)
     assert first['masks'].float().mean() == pytest.approx(0.75)
-    if kind == 'green_mim':
-        # visible units of "reconstruction + visible" are the input
+    if kind in ('green_mim', 'mae'):
         assert first['recon'].shape == first['inputs'].shape
     else:
         assert first['cell'] == 16 and first['pred'].shape == (2, 27, 4, 4)

@@ -202,8 +202,9 @@ def find_uniform_masking(cfg) -> dict:
 
 def model_kind(model) -> str:
     """``'um_mae'``, ``'green_mim'``, ``'local_mim'`` (ViT, masks drawn in
-    the encoder) or ``'um_local_mim'`` (uniform masks from the pipeline);
-    raises TypeError for a model that reconstructs nothing mmum can draw."""
+    the encoder), ``'um_local_mim'`` (uniform masks from the pipeline) or
+    ``'mae'`` (mmpretrain's MAE, e.g. with mmum's UMViT); raises TypeError
+    for a model that reconstructs nothing mmum can draw."""
     names = [c.__name__ for c in type(model).__mro__]
     if 'UMLocalMIM' in names:
         return 'um_local_mim'
@@ -213,9 +214,12 @@ def model_kind(model) -> str:
         return 'um_mae'
     if 'GreenMIM' in names:
         return 'green_mim'
+    if 'MAE' in names:
+        return 'mae'
     raise TypeError(
         f'{type(model).__name__}: mmum draws reconstructions of mmum.UMMAE, '
-        'mmum.GreenMIM, mmum.LocalMIM and mmum.UMLocalMIM models only')
+        'mmum.GreenMIM, mmum.LocalMIM, mmum.UMLocalMIM and mmpretrain.MAE '
+        'models only')
 
 
 def model_image_size(model) -> int:
@@ -224,6 +228,9 @@ def model_image_size(model) -> int:
     if kind == 'um_local_mim':  # the encoder is built for the compact half
         return 2 * model.backbone.patch_embed.init_input_size[0]
     if kind == 'local_mim':
+        size = model.backbone.img_size
+        return size[0] if isinstance(size, (tuple, list)) else size
+    if kind == 'mae':
         size = model.backbone.img_size
         return size[0] if isinstance(size, (tuple, list)) else size
     unit = model.patch_size if kind == 'um_mae' else model.mask_unit
@@ -286,17 +293,27 @@ def green_mim_mask(model, size: int, seed: int) -> torch.Tensor:
 
 def _nearest_visible_stats(model, inputs, mask):
     """Per-unit mean/std (B, L, 1) of the nearest visible unit of every
-    unit (itself if visible): how GreenMIM's normalised predictions are
-    turned back into pixels for the picture."""
+    unit (itself if visible; ``mask`` (B, h, w) bool, True = masked): how
+    GreenMIM's and MAE's normalised predictions are turned back into pixels
+    for the picture."""
     target = model.head.patchify(inputs)  # B, L, u*u*3
     mean = target.mean(-1, keepdim=True)
     std = (target.var(-1, keepdim=True) + 1e-6).sqrt()
-    h, w = mask.shape
+    B, h, w = mask.shape
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
     pos = torch.stack([yy.flatten(), xx.flatten()], 1).float()
-    vis = (~mask.flatten()).nonzero().squeeze(1)
-    source = vis[torch.cdist(pos, pos[vis]).argmin(1)].to(inputs.device)
-    return mean[:, source], std[:, source]
+    dist = torch.cdist(pos, pos)[None] + 1e9 * mask.flatten(1)[:, None].cpu()
+    source = dist.argmin(-1).to(inputs.device).unsqueeze(-1)  # B, L, 1
+    return mean.gather(1, source), std.gather(1, source)
+
+
+def _denormalised(model, inputs, pred, masks):
+    """(B, L, u*u*3) predictions -> (B, 3, H, W) image; normalised-pixel
+    predictions take the statistics of the nearest visible unit."""
+    if model.head.norm_pix:
+        mean, std = _nearest_visible_stats(model, inputs, masks)
+        pred = pred * std + mean
+    return model.head.unpatchify(pred)
 
 
 @torch.no_grad()
@@ -304,7 +321,7 @@ def reconstruct(model, items: List[dict], seed: int = 0,
                 hog_cell: Optional[int] = None) -> Dict[str, object]:
     """The model's prediction for the packed ``items`` (see
     :func:`load_images`), in eval mode; every RNG is seeded with ``seed``
-    for the draw (GreenMIM's and LocalMIM-ViT's masks) and restored.
+    for the draw (GreenMIM's, MAE's and LocalMIM-ViT's masks) and restored.
 
     Returns a dict with ``kind``, ``inputs`` (B, 3, H, W) normalised,
     ``masks`` (B, h, w) 1 = dropped, ``secondary`` (B, h, w) or None, and
@@ -332,11 +349,16 @@ def reconstruct(model, items: List[dict], seed: int = 0,
                 mask = green_mim_mask(model, inputs.shape[-1], seed)
                 latent = model.backbone(inputs, mask)[-1]
                 pred = model.neck(latent, mask)  # B, L, u*u*3
-                if model.head.norm_pix:
-                    mean, std = _nearest_visible_stats(model, inputs, mask)
-                    pred = pred * std + mean
-                out['recon'] = model.head.unpatchify(pred)
                 out['masks'] = mask.expand(len(inputs), -1, -1)
+                out['recon'] = _denormalised(model, inputs, pred,
+                                             out['masks'])
+            elif kind == 'mae':
+                latent, mask, ids_restore = model.backbone(inputs)
+                pred = model.neck(latent, ids_restore)  # B, L, p*p*3
+                h = int(round(mask.shape[1]**0.5))
+                out['masks'] = mask.view(-1, h, h).bool()
+                out['recon'] = _denormalised(model, inputs, pred,
+                                             out['masks'])
             else:
                 out.update(_local_mim_hog(model, inputs, samples, kind,
                                           hog_cell))

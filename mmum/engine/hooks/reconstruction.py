@@ -23,14 +23,15 @@ class ReconstructionHook(Hook):
     visualize_reconstruction.py`` (the same code,
     :mod:`mmum.visualization.reconstruction`): one row per image,
     ``original | masked input | reconstruction | reconstruction + visible``
-    for UM-MAE and GreenMIM, and for LocalMIM / UMLocalMIM (which predict
+    for UM-MAE, GreenMIM and mmpretrain's MAE (e.g. UM-MAE's ViT pilot),
+    and for LocalMIM / UMLocalMIM (which predict
     HOG, not pixels) ``original | masked input | HOG target | predicted HOG
     | predicted + visible`` at one HOG scale (``hog_cell``). The images and
     masks are the same at every interval: UM-MAE's uniform masks are drawn
-    once (the config's ``UniformMasking`` settings, seed ``seed``), GreenMIM's
-    mask and LocalMIM-ViT's masks are drawn with every RNG seeded with
-    ``seed``; the training RNG states and every module's train/eval mode are
-    given back afterwards. Runs on rank 0 only (no collective calls).
+    once (the config's ``UniformMasking`` settings, seed ``seed``), the
+    masks of GreenMIM, MAE and LocalMIM-ViT are drawn with every RNG seeded
+    with ``seed``; the training RNG states and every module's train/eval
+    mode are given back afterwards. Runs on rank 0 only (no collective calls).
 
     Args:
         images (list[str], optional): Image files to draw.
