@@ -281,3 +281,33 @@ def test_config_blocks_uncommented_build(tmp_path):
         built = [type(HOOKS.build(h)) for h in watch]
         assert built == [KNNEvalHook, ReconstructionHook][:n]
         assert 'mmum.NaNGuardHook' in [h['type'] for h in hooks]
+
+
+def test_resume_by_epoch(tmp_path, shapes):
+    """Epoch-based training (as the pre-training configs): evaluation and
+    picture every epoch; stopped after epoch 2 and resumed to 3, each epoch
+    is evaluated once."""
+    base = osp.join(osp.dirname(osp.abspath(__file__)), 'configs',
+                    'watch_um_mae.py')
+    cfg = tmp_path / 'epochs.py'
+    cfg.write_text(
+        f'_base_ = {base!r}\n'
+        "train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop',\n"
+        "                 max_epochs=3)\n"
+        "train_dataloader = dict(sampler=dict(type='DefaultSampler',\n"
+        "                                     shuffle=True))\n"
+        "default_hooks = dict(checkpoint=dict(by_epoch=True, interval=1))\n"
+        "log_processor = dict(by_epoch=True)\n")
+    opts = ('custom_hooks.0.by_epoch=True', 'custom_hooks.0.interval=1',
+            'custom_hooks.0.train_subset=16', 'custom_hooks.0.val_subset=8',
+            'custom_hooks.1.by_epoch=True', 'custom_hooks.1.interval=1',
+            'custom_hooks.1.num_images=1')
+    work = tmp_path / 'work'
+    train(work, shapes, 'train_cfg.max_epochs=2', *opts, cfg=str(cfg))
+    train(work, shapes, *opts, cfg=str(cfg), resume=True)
+    rows = knn_rows(work)
+    # 48 images, batch 8: 6 iterations per epoch
+    assert [(r['epoch'], r['iter']) for r in rows] == [(1, 6), (2, 12),
+                                                       (3, 18)]
+    assert sorted(os.listdir(work / 'reconstructions')) == [
+        'epoch_0001.png', 'epoch_0002.png', 'epoch_0003.png']
