@@ -179,13 +179,14 @@ def test_resume_continues_schedule(tmp_path, shapes):
 
 
 def test_two_processes_equal_one(tmp_path, shapes):
-    """tools/dist_train.sh CFG 2 (gloo): ranks extract unequal shares (27
-    val images, batch 4: 14 / 13 images, 4 / 4 batches; 11 train images:
-    6 / 5) and the numbers equal one process on the same weights (lr 0,
-    so the weights stay the seeded initial ones)."""
+    """tools/dist_train.sh CFG 2 (gloo): ranks extract unequal shares (17
+    val images, batch 4: 9 / 8 images, 3 / 2 batches; 11 train images:
+    6 / 5) without waiting on each other, and the numbers equal one
+    process on the same weights (lr 0, so the weights stay the seeded
+    initial ones)."""
     one, two = tmp_path / 'one', tmp_path / 'two'
     opts = ['optim_wrapper.optimizer.lr=0', 'train_cfg.max_iters=2',
-            'custom_hooks.0.val_subset=27', 'custom_hooks.0.train_subset=11',
+            'custom_hooks.0.val_subset=17', 'custom_hooks.0.train_subset=11',
             'custom_hooks.0.batch_size=4']
     train(one, shapes, *opts)
     run_tool(['bash', 'tools/dist_train.sh', CFG, '2', '--work-dir',
