@@ -163,9 +163,11 @@ def save_figure(path: str, grid: np.ndarray,
     ax.imshow(grid, interpolation='nearest')
     ax.axis('off')
     step = (w + 4) / len(titles)
+    # 11 pt, smaller when a title would overflow its column (small images)
+    size = min(11, step / (0.8 * max(len(t) for t in titles)))
     for i, title in enumerate(titles):
         fig.text((i + 0.5) * step / w, 1 - 20 / (h + 40), title,
-                 ha='center', va='center', fontsize=11)
+                 ha='center', va='center', fontsize=size)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
