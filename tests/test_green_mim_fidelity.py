@@ -318,3 +318,25 @@ def test_group_attention_keeps_only_q_k_v_and_the_weights_for_backward():
     assert max(saved.values()) < 3 * B * S * C * f  # no joint qkv
     assert sum(saved.values()) <= big + small
     assert sum(saved.values()) > big * 0.9
+
+
+def test_command_line_prints_what_it_converted(tmp_path, monkeypatch,
+                                               capsys):
+    src = str(tmp_path / 'released.pth')
+    torch.save({'model': released_state_dict(window=14), 'epoch': 3}, src)
+    for extra, target in [([], 'mmum GreenMIM'),
+                          (['--backbone-only'], 'mmpretrain SwinTransformer')]:
+        dst = str(tmp_path / 'out.pth')
+        monkeypatch.setattr('sys.argv', ['x', src, dst] + extra)
+        conv.main()
+        text = capsys.readouterr().out
+        assert target in text and 'patch mergings' in text
+        assert "'eps': 1e-06" in text
+        state = torch.load(dst)['state_dict']
+        assert 'stages.0.downsample.reduction.weight' in ''.join(state)
+    assert 'windows per stage [14, 14, 14, 7]' in text
+    torch.save({'model': {'blocks.0.attn.posmlp.0.weight': torch.zeros(1)}},
+               src)
+    monkeypatch.setattr('sys.argv', ['x', src, dst])
+    with pytest.raises(ValueError, match='not a released GreenMIM'):
+        conv.main()

@@ -316,12 +316,41 @@ def main():
                 'meta': dict(source=args.src,
                              converted_from='green_mim_official',
                              target=target)}, args.dst)
-    arch = settings.get('backbone', settings)['arch']
-    print(f'converted {len(sd)} released tensors into {len(out)} '
-          f'{target} tensors ({sum(v.numel() for v in out.values())} '
-          f'values; Swin {arch}); patch-merging columns permuted from the '
-          f'released position-major order; wrote {args.dst}\n'
-          f'the model needs\n  {settings}\nload it with {load}')
+    print(f'wrote {args.dst}: {len(out)} {target} tensors from {len(sd)} '
+          'released ones')
+    for line in summary(sd, args.backbone_only):
+        print('  ' + line)
+    print(f'the model needs\n  {settings}\nload it with {load}')
+
+
+def summary(sd: Dict[str, torch.Tensor], backbone_only: bool) -> List[str]:
+    """What the conversion did, one line per part."""
+    prefix = detect(sd)
+    arch = encoder_arch(sd, prefix)
+    w = arch['windows']
+    lines = [
+        f"encoder: Swin embed_dims {arch['embed_dims']}, depths "
+        f"{arch['depths']}, heads {arch['num_heads']}, patch "
+        f"{arch['patch_size']}; LayerNorm eps {LN_EPS} everywhere",
+        f'{len(w) - 1} patch mergings: reduction input columns and merge '
+        'LayerNorm permuted from the released position-major order to '
+        "mmcv's channel-major (nn.Unfold) order"]
+    if backbone_only:
+        lines.append(f'windows per stage {w} kept (bias tables as released, '
+                     'relative_position_index rebuilt); only the final norm '
+                     '(norm3) exists in the release: other out_indices '
+                     'norms start from their init; decoder dropped')
+    else:
+        shrunk = [s for s, v in enumerate(w) if v < w[0]]
+        lines.append(f'window {w[0]} for every stage' + ''.join(
+            f'; stages.{s} ran window {w[s]}: its tables centred in the '
+            f'{2 * w[0] - 1}x{2 * w[0] - 1} table' for s in shrunk))
+        depth = len({k.split('.')[1] for k in sd
+                     if k.startswith('decoder_blocks.')})
+        lines.append(f'decoder: {depth} block(s), position table copied '
+                     '(same column-first layout) with a zero class-token row '
+                     'in front')
+    return lines
 
 
 if __name__ == '__main__':
