@@ -113,26 +113,27 @@ class GroupWindowAttention(WindowMSA):
         B, N, C = x.shape
         G, gs, nh = plan.allowed.shape[0], plan.group_size, self.num_heads
         qkv = self.qkv(x)  # B, N, 3C
-        qkv = torch.cat([qkv, qkv.new_zeros(B, 1, 3 * C)], 1)  # N: padding
-        # each of q, k, v gathered into its own tensor (B, nh*G, gs, C/nh):
-        # the groups are folded into the head dimension so the mask
-        # broadcasts over the batch without a copy, and autograd keeps just
-        # q, k, v for the backward instead of one joint qkv storage next to
-        # the scaled q and k copies of SDPA's math path
-        q, k, v = (t[:, :, plan.index].view(B, nh * G, gs, C // nh)
-                   for t in qkv.view(B, N + 1, 3, nh, C // nh).permute(
-                       2, 0, 3, 1, 4).unbind(0))
+        qkv = torch.cat([qkv, qkv.new_zeros(B, 1, 3 * C)], 1)[:, plan.index]
+        # B, G*gs, 3C -> q, k, v (B, G*nh, gs, C/nh), each copied into its
+        # own tensor: the groups are folded into the head dimension so the
+        # mask broadcasts over the batch without a copy, and autograd keeps
+        # just q, k, v for the backward (SDPA's math path saves its scaled
+        # copies of q and k and the v it gets; a view of one joint qkv tensor
+        # would keep all of it alive)
+        qkv = qkv.view(B, G, gs, 3, nh, C // nh)
+        q, k, v = (qkv[:, :, :, i].transpose(2, 3).reshape(
+            B, G * nh, gs, C // nh) for i in range(3))
 
         bias = self.relative_position_bias_table[plan.rel_index]  # G,gs,gs,nh
-        bias = bias.permute(3, 0, 1, 2).to(q.dtype)  # nh, G, gs, gs
-        bias = bias.masked_fill(~plan.allowed, float('-inf'))
+        bias = bias.permute(0, 3, 1, 2).to(q.dtype)
+        bias = bias.masked_fill(~plan.allowed[:, None], float('-inf'))
         out = F.scaled_dot_product_attention(
             q, k, v,
-            attn_mask=bias.reshape(1, nh * G, gs, gs),
+            attn_mask=bias.reshape(1, G * nh, gs, gs),
             dropout_p=self.attn_drop.p if self.training else 0.,
-            scale=self.scale)  # B, nh*G, gs, C/nh
-        out = out.view(B, nh, G * gs, C // nh)[:, :, plan.slot]  # B,nh,N,C/nh
-        out = out.transpose(1, 2).reshape(B, N, C)
+            scale=self.scale)  # B, G*nh, gs, C/nh
+        out = out.view(B, G, nh, gs, C // nh).permute(0, 1, 3, 2, 4)
+        out = out.reshape(B, G * gs, C)[:, plan.slot]  # B, N, C
         return self.proj_drop(self.proj(out))
 
 
