@@ -30,8 +30,11 @@ model = dict(
         stage_cfgs=dict(
             block_cfgs=dict(norm_cfg=ln), downsample_cfg=dict(norm_cfg=ln)),
         out_indices=(3, ),
+        # _scope_='mmum': mmum's strict Pretrained (mmum/models/pretrained.py)
+        # refuses a checkpoint that leaves backbone weights random
         init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+            type='Pretrained', _scope_='mmum', checkpoint=pretrained,
+            prefix='backbone.')),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
         type='LinearClsHead',
