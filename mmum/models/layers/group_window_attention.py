@@ -121,7 +121,7 @@ class GroupWindowAttention(WindowMSA):
         # copies of q and k and the v it gets; a view of one joint qkv tensor
         # would keep all of it alive)
         qkv = qkv.view(B, G, gs, 3, nh, C // nh)
-        q, k, v = (qkv[:, :, :, i].transpose(2, 3).reshape(
+        q, k, v = (qkv[:, :, :, i].transpose(2, 3).contiguous().view(
             B, G * nh, gs, C // nh) for i in range(3))
 
         bias = self.relative_position_bias_table[plan.rel_index]  # G,gs,gs,nh
