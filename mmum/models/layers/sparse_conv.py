@@ -108,9 +108,10 @@ def sparse_strided_conv(x: torch.Tensor, index: torch.Tensor,
         raise ValueError(f'x has {C} channels and index {index.shape[1]} '
                          f'offsets; the weight wants {C_in} and {kh * kw}')
     x = torch.cat([x, x.new_zeros(B, 1, C)], 1)[:, index]  # B, M, k*k, C
-    # (C_out, C_in, kh, kw) -> (C_out, kh*kw*C_in), offset-major like x
-    weight = weight.permute(0, 2, 3, 1).reshape(C_out, -1)
-    return F.linear(x.flatten(2), weight, bias)  # B, M, C_out
+    # channel-major like the weight (C_out, C_in*kh*kw), a view of the
+    # parameter: autograd then keeps no weight-sized copy per call
+    x = x.transpose(2, 3).reshape(B, -1, C * kh * kw)
+    return F.linear(x, weight.view(C_out, -1), bias)  # B, M, C_out
 
 
 def build_neighbour_index(coords: torch.Tensor,
