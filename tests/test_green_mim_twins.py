@@ -74,8 +74,8 @@ def test_config_is_the_paper_recipe():
     assert ow.optimizer.betas == (0.9, 0.999)
     assert ow.optimizer.weight_decay == 0.05
     warm, cos = cfg.param_scheduler
-    assert warm.end == 40 and cos.end == 800 and cos.type.endswith('Cosine'
-                                                                  'AnnealingLR')
+    assert warm.end == 40 and warm.start_factor == 1e-3
+    assert cos.end == 800 and cos.type == 'CosineAnnealingLR'
     ft = Config.fromfile(
         osp.join(ROOT, 'configs', 'finetune', 'green_mim_twins_l_100e.py'))
     assert ft.train_cfg.max_epochs == 100
