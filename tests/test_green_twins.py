@@ -175,14 +175,17 @@ def test_gradients_reach_every_parameter():
 def test_bad_inputs():
     green, _ = _pair()
     img = torch.randn(1, 3, 224, 224)
-    with pytest.raises(ValueError, match='divisible by the mask unit'):
+    with pytest.raises(ValueError, match='divisible by the mask unit.*224'):
         green(torch.randn(1, 3, 200, 200), torch.zeros(6, 6, dtype=bool))
     with pytest.raises(ValueError, match=r'shape \(7, 7\)'):
         green(img, torch.zeros(7, 7))
     with pytest.raises(ValueError, match='hides every unit'):
         green(img, torch.ones(7, 7, dtype=torch.bool))
-    with pytest.raises(ValueError, match='multiple of window size 7'):
+    with pytest.raises(ValueError, match='multiple of window size 7.*'
+                       r'e\.g\. 224x224'):
         green(torch.randn(1, 3, 256, 256), torch.zeros(8, 8, dtype=bool))
+    assert green.suggest_size(250) == 224 and green.suggest_size(400) == 448
+    assert green.fits(448) and not green.fits(256)
     arch = dict(TINY, patch_sizes=[7, 3, 3, 3])
     with pytest.raises(ValueError, match='patch_sizes == strides'):
         GreenTwins(arch=arch)

@@ -18,8 +18,11 @@ model = dict(
         norm_after_stage=[False, False, False, True],
         drop_path_rate=0.2,
         out_indices=(3, ),
+        # mmum's strict Pretrained: refuses a checkpoint that leaves
+        # backbone weights random
         init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+            type='Pretrained', _scope_='mmum', checkpoint=pretrained,
+            prefix='backbone.')),
     head=dict(in_channels=1024))
 
 optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate=0.9))

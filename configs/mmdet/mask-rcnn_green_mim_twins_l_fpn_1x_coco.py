@@ -17,6 +17,9 @@ model = dict(
         norm_after_stage=[False, False, False, True],
         drop_path_rate=0.2,
         out_indices=(0, 1, 2, 3),
+        # mmum's strict Pretrained: refuses a checkpoint that leaves
+        # backbone weights random
         init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+            type='Pretrained', _scope_='mmum', checkpoint=pretrained,
+            prefix='backbone.')),
     neck=dict(in_channels=[128, 256, 512, 1024]))

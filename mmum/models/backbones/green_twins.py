@@ -192,9 +192,10 @@ class GreenTwins(SVT):
     def _check_mask(self, x, mask):
         H, W = x.shape[-2:]
         s = self.total_stride
+        hint = f'e.g. {self.suggest_size(H)}x{self.suggest_size(W)}'
         if H % s or W % s:
             raise ValueError(f'image size {H}x{W} must be divisible by the '
-                             f'mask unit = encoder total stride {s}')
+                             f'mask unit = encoder total stride {s} ({hint})')
         if mask.dtype != torch.bool or mask.shape != (H // s, W // s):
             raise ValueError(
                 f'mask must be a bool tensor of shape {(H // s, W // s)} '
@@ -212,8 +213,26 @@ class GreenTwins(SVT):
                     f'not a multiple of window size {ws}; SVT would pad it '
                     'with tokens that are not part of the image. Use an '
                     'image size whose stage maps are multiples of the '
-                    'windows (224 px for window 7).')
+                    f'windows, {hint}.')
         return ~mask
+
+    def fits(self, side: int) -> bool:
+        """Whether an image side passes :meth:`_check_mask`: a multiple of
+        the total stride whose every stage map is a multiple of its
+        window."""
+        stride, ok = 1, side > 0 and side % self.total_stride == 0
+        for s, ws in zip(self.strides, self.window_sizes):
+            stride *= s
+            ok = ok and (side // stride) % ws == 0
+        return ok
+
+    def suggest_size(self, side: int) -> int:
+        """The image side nearest to ``side`` that :meth:`fits` (224 for
+        250 with the 7x7 windows of every SVT arch)."""
+        s = self.total_stride
+        top = (max(side, s) // s + 1) * max(self.window_sizes) * 2
+        return min((m * s for m in range(1, top + 1) if self.fits(m * s)),
+                   key=lambda n: (abs(n - side), n))
 
     def _stage(self, i, x, coords, hw):
         """Stage ``i`` on the sparse map x (B, N, C_in) at ``coords`` of the
