@@ -147,6 +147,12 @@ class GreenTwins(SVT):
             after ``norm_after_stage{i}``, row-major over the visible
             positions of stage i; at the last stage token k is the k-th
             visible unit of ``(~mask).flatten()``.
+
+        Raises:
+            ValueError: a mask of the wrong dtype / shape or hiding every
+            unit, or an image side that is not a multiple of the total
+            stride or whose stage maps are not multiples of the windows
+            (the message names the nearest size that works).
         """
         if mask is None:
             return super().forward(x)
