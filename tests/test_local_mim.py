@@ -195,13 +195,53 @@ def test_hog_bad_input():
         HOGTarget()(torch.rand(1, 3, 48, 48))
 
 
+# trainable parameters of the released ViT-B decoder of each scale with its
+# input LayerNorm (768 -> 256-d block -> head -> 27 HOG channels): the
+# shared part is 1536 (input LN) + 196864 (embed) + 256 (mask token) +
+# 789760 (block) + 512 (norm) = 988928; heads: 56²: ConvT 256->128 (131200)
+# + LN (256) + ConvT 128->64 (32832) + 1x1 conv (1755); 28²: ConvT (131200)
+# + 1x1 (3483); 14² and 7² (average pooling): 1x1 (6939)
+RELEASED_VIT_B_DECODER_PARAMS = {56: 1154971, 28: 1123611, 14: 995867,
+                                 7: 995867}
+
+
 @pytest.mark.parametrize('out_size', [56, 28, 14, 7])
-def test_decoder_scales(out_size):
-    dec = LocalMIMDecoder(in_channels=32, grid=14, out_size=out_size,
+def test_decoder_heads_as_released(out_size):
+    dec = LocalMIMDecoder(in_channels=768, grid=14, out_size=out_size,
                           out_channels=27)
     ids_restore = torch.rand(2, 196).argsort(dim=1)
-    x = torch.rand(2, 1 + 49, 32)  # cls + 25% visible tokens
+    x = torch.rand(2, 1 + 49, 768)  # cls + 25% visible tokens
     assert dec(x, ids_restore).shape == (2, out_size**2, 27)
+    assert sum(p.numel() for p in dec.parameters()
+               ) == RELEASED_VIT_B_DECODER_PARAMS[out_size]
+    head = {56: ['ConvTranspose2d', 'LayerNorm2d', 'GELU', 'ConvTranspose2d'],
+            28: ['ConvTranspose2d'], 14: [], 7: ['AvgPool2d']}[out_size]
+    assert [type(m).__name__ for m in dec.resize] == head
+    assert dec.pred.in_channels == {56: 64, 28: 128}.get(out_size, 256)
+    assert dec.norm_in.eps == dec.norm.eps == 1e-6
+    if out_size == 56:
+        assert dec.resize[1].eps == 1e-6
+
+
+def test_released_positions():
+    """The decoder's fixed positions are MAE's / the released table: the
+    first half encodes the column, the second the row (the transpose of
+    mmpretrain's ``build_2d_sincos_position_embedding``)."""
+    from mmpretrain.models.utils import build_2d_sincos_position_embedding
+
+    from mmum.models.necks.local_mim_decoder import released_sincos
+    pos = released_sincos((4, 4), 16)[0]  # (1 + 16, 16)
+    assert not pos[0].any()
+    grid = pos[1:].view(4, 4, 16)  # (row, col, D)
+    col = torch.arange(4.)[:, None] / 10000**(torch.arange(4.) / 4)
+    torch.testing.assert_close(grid[2, :, :4], torch.sin(col))
+    torch.testing.assert_close(grid[:, 1, 12:], torch.cos(col))
+    mmp = build_2d_sincos_position_embedding(4, 16, cls_token=True)[0]
+    torch.testing.assert_close(
+        mmp[1:].view(4, 4, 16).transpose(0, 1), grid)
+    model = tiny_local_mim()
+    torch.testing.assert_close(model.backbone.pos_embed,
+                               released_sincos((4, 4), 32))
 
 
 def test_decoder_bad_scale():
@@ -222,8 +262,7 @@ def test_vit_b_layout():
                                  criterion='L2')),
              target_generator=dict(type='mmum.HOGTarget')))
     assert model.decoder_layers == (2, 4, 10, 12)
-    assert [d.resize.__class__.__name__ for d in model.neck] == [
-        'ConvTranspose2d', 'ConvTranspose2d', 'Identity', 'MaxPool2d']
+    assert [len(d.resize) for d in model.neck] == [4, 1, 0, 1]
     assert model.neck[0].block.attn.num_heads == 8
     assert model.neck[0].embed.out_features == 256
     assert model.backbone.mask_ratio == 0.75

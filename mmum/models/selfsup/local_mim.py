@@ -18,6 +18,7 @@ from mmpretrain.structures import DataSample
 from torch import nn
 
 from mmum.models.backbones.um_swin import UMSwinTransformer
+from mmum.models.necks.local_mim_decoder import released_sincos
 from mmum.registry import MODELS
 from .um_mae import UMMAE
 
@@ -52,6 +53,13 @@ class LocalMIMViT(MAEViT):
     def __init__(self, out_indices: Sequence[int] = (1, 3, 9, 11), **kwargs):
         super().__init__(out_indices=list(out_indices), final_norm=False,
                          **kwargs)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        # the released model's fixed positions (mmpretrain's MAEViT table,
+        # written by super(), is their row/column transpose)
+        self.pos_embed.data.copy_(
+            released_sincos(self.patch_resolution, self.embed_dims))
 
     def layer_params(self) -> List[List[nn.Parameter]]:
         """Trainable parameters of each layer, in ``get_layer_depth`` order."""
