@@ -34,13 +34,13 @@ class HOGTarget(BaseModule):
     These are the released code's conventions (its ``HOGLayer``), which
     also equal mmpretrain's MaskFeat ``HOGGenerator`` with
     ``gaussian_window=0``. That generator is not used here because it cannot
-    give this target: it returns its histograms regrouped per 14 x 14 patch
-    (``_reshape`` hard-codes 14, so (B, cells, 27) row-major order is lost,
-    and a map smaller than 14 x 14, e.g. the 7² target, breaks it), and it
-    takes one cell size per instance, so four scales would compute the
-    gradients four times. Here the histograms of the smallest asked-for cell
-    are computed once and summed into the larger cells (a few tensor ops and
-    poolings, no loop over pixels). Summing instead of the released average
+    give this target: it returns its histograms regrouped per patch of a
+    14 x 14 grid (``_reshape`` hard-codes 14: (B, 196, 27 k²) instead of
+    (B, cells, 27) in row-major order, and a map smaller than 14 x 14, e.g.
+    the 7² target, raises), and it takes one cell size per instance, so
+    four scales would compute the gradients four times. Here the histograms of the smallest asked-for cell
+    are computed once (one scatter, no loop over pixels or bins) and summed
+    into the larger cells. Summing instead of the released average
     pooling changes nothing after the L2 normalisation. The gradients are
     taken in float64, i.e. exactly: the released float32 convolution can
     turn a gradient component that is exactly 0 into +-1e-7 depending on the
@@ -69,12 +69,6 @@ class HOGTarget(BaseModule):
         if nbins < 1:
             raise ValueError(f'HOGTarget: nbins={nbins} must be >= 1')
         self.cell_sizes, self.nbins = cell_sizes, nbins
-        sobel = torch.tensor([[1., 0., -1.], [2., 0., -2.], [1., 0., -1.]])
-        # (6, 1, 3, 3): (gx, gy) of each colour channel (grouped conv)
-        self.register_buffer(
-            'sobel', torch.stack([sobel, sobel.t()])[:, None].repeat(3, 1, 1,
-                                                                      1),
-            persistent=False)
 
     @property
     def out_channels(self) -> int:
@@ -107,19 +101,26 @@ class HOGTarget(BaseModule):
         # histograms at the largest cell that all asked-for cells tile
         # (coarser once the fine-scale decoders are pruned)
         base = reduce(math.gcd, cell_sizes)
-        # float64: exact Sobel of the float32 input, so a gradient that is
-        # exactly 0 stays 0 and its bin does not depend on rounding
-        p = F.pad(img.double(), (1, 1, 1, 1), mode='reflect')
-        g = F.conv2d(p, self.sobel.double(), groups=3).unflatten(1, (3, 2))
-        gx, gy = g[:, :, 0], g[:, :, 1]  # (B, 3, H, W) each
+        B, _, H, W = img.shape
+        # float64: the exact Sobel of the float32 input, so a gradient that
+        # is exactly 0 stays 0 and its bin does not depend on rounding.
+        # Separable: a difference, then (1, 2, 1) across it.
+        p = F.pad(img.float(), (1, 1, 1, 1), mode='reflect').double()
+        dx = p[..., :, :-2] - p[..., :, 2:]  # left - right, (B, 3, H + 2, W)
+        gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
+        dy = p[..., :-2, :] - p[..., 2:, :]  # top - bottom, (B, 3, H, W + 2)
+        gy = dy[..., :-2] + 2 * dy[..., 1:-1] + dy[..., 2:]  # (B, 3, H, W)
         magnitude = torch.hypot(gx, gy)
         angle = torch.atan2(gx, gy)  # from the y-axis, in (-pi, pi]
         bins = torch.floor(angle / math.pi * self.nbins).long() % self.nbins
-        # (B, 3, nbins, H / base, W / base): magnitudes summed per base cell
-        hist = torch.stack([
-            F.avg_pool2d(magnitude * (bins == b), base) * base**2
-            for b in range(self.nbins)
-        ], dim=2)
+        # magnitudes summed per (bin, base cell) in one scatter
+        h, w = H // base, W // base
+        rows = torch.arange(H, device=img.device) // base
+        cols = torch.arange(W, device=img.device) // base
+        index = bins * (h * w) + rows[:, None] * w + cols  # (B, 3, H, W)
+        hist = magnitude.new_zeros(B, 3, self.nbins * h * w).scatter_add_(
+            2, index.flatten(2), magnitude.flatten(2))
+        hist = hist.view(B, 3, self.nbins, h, w)
         targets = []
         for c in cell_sizes:
             h = hist.flatten(1, 2)  # (B, 3 * nbins, H / base, W / base)
