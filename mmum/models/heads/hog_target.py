@@ -38,14 +38,16 @@ class HOGTarget(BaseModule):
     14 x 14 grid (``_reshape`` hard-codes 14: (B, 196, 27 k²) instead of
     (B, cells, 27) in row-major order, and a map smaller than 14 x 14, e.g.
     the 7² target, raises), and it takes one cell size per instance, so
-    four scales would compute the gradients four times. Here the histograms of the smallest asked-for cell
-    are computed once (one scatter, no loop over pixels or bins) and summed
-    into the larger cells. Summing instead of the released average
-    pooling changes nothing after the L2 normalisation. The gradients are
-    taken in float64, i.e. exactly: the released float32 convolution can
-    turn a gradient component that is exactly 0 into +-1e-7 depending on the
-    backend's summation order, which moves that pixel between bins 0 and
-    ``nbins - 1`` (the only place the two targets differ).
+    four scales would compute the gradients four times. Here the
+    histograms of the smallest asked-for cell are computed once (one
+    scatter, no loop over pixels or bins) and summed into the larger cells.
+    Summing instead of the released average pooling changes nothing after
+    the L2 normalisation. The gradients are taken in float64, i.e. exactly:
+    the released float32 convolution can turn a gradient component that is
+    exactly 0 into +-1e-7 depending on the backend's summation order, which
+    moves that pixel between bins 0 and ``nbins - 1`` or gives a flat cell
+    a noise histogram (the only places the two targets differ; the released
+    ``HOGLayer`` run in float64 equals this one).
 
     Args:
         cell_sizes (Sequence[int]): Cell sizes in pixels, each a multiple of
