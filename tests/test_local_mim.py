@@ -72,16 +72,20 @@ def numpy_hog(img, cell, nbins=9):
                                                     W // cell), norm[:, 0]
 
 
-def photo(size=224):
-    """A real photo (skimage's astronaut, centre crop) as the model gets it:
-    through the ImageNet mean / std data preprocessor of the configs."""
+def photo(size=224, normalise=True):
+    """A real photo (skimage's astronaut, centre crop), by default as the
+    model gets it: through the ImageNet mean / std data preprocessor of the
+    configs; else its integer RGB values as floats."""
     from mmpretrain.models import SelfSupDataPreprocessor
     from skimage import data
     img = torch.from_numpy(data.astronaut()[144:144 + size,
                                             144:144 + size].copy())
+    img = img.permute(2, 0, 1)[None]  # (1, 3, H, W) RGB
+    if not normalise:
+        return img.float()
     prep = SelfSupDataPreprocessor(mean=[123.675, 116.28, 103.53],
                                    std=[58.395, 57.12, 57.375], to_rgb=True)
-    bgr = img.permute(2, 0, 1)[None, [2, 1, 0]]  # as loaded by mmcv
+    bgr = img[:, [2, 1, 0]]  # as loaded by mmcv
     return prep(dict(inputs=bgr, data_samples=None))['inputs']
 
 
@@ -144,8 +148,7 @@ def test_hog_is_mmpretrain_maskfeat_hog():
     # integer pixel values: its float32 Sobel is then exact too (on real
     # values float32 leaves +-1e-7 where a gradient is 0, which moves such
     # pixels between bins 0 and 8 -- the reason ours is taken in float64)
-    img = photo() * 58.395 + 123.675
-    img = img.round()
+    img = photo(normalise=False)
     ours = HOGTarget(cell_sizes=(4, 16))(img)
     theirs = HOGGenerator(nbins=9, pool=16, gaussian_window=0)(img)
     # 16-px cells on 224²: its (B, 14 * 14, 27) is our 14² map row-major
