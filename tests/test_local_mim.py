@@ -560,3 +560,22 @@ def test_swin_config_builds_and_runs():
     losses = model.loss(img, samples)
     assert sorted(losses) == ['loss_16x16', 'loss_32x32', 'loss_64x64',
                               'loss_8x8']
+
+
+def test_compact_decoder_at_another_grid_keeps_released_positions():
+    """Built for a 4x4 patch grid and run at 8x8, the compact decoder equals
+    one built for 8x8 (same released sin-cos order at every grid)."""
+    from mmum.models.necks.local_mim_decoder import LocalMIMCompactDecoder
+    torch.manual_seed(0)
+    small, big = [
+        LocalMIMCompactDecoder(in_channels=8, unit_ratio=1, grid=g,
+                               out_size=2 * g, out_channels=27,
+                               embed_dims=16, num_heads=2) for g in (4, 8)
+    ]
+    big.load_state_dict(small.state_dict())
+    x = torch.randn(2, 8, 4, 4)  # one visible patch per 2x2 cell of 8x8
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4),
+                                indexing='ij')
+    index = ((2 * rows + torch.randint(0, 2, (2, 4, 4))) * 8 + 2 * cols +
+             torch.randint(0, 2, (2, 4, 4))).flatten(1)
+    torch.testing.assert_close(small(x, index), big(x, index))
