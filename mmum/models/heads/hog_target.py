@@ -112,14 +112,17 @@ class HOGTarget(BaseModule):
         gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
         dy = p[..., :-2, :] - p[..., 2:, :]  # top - bottom, (B, 3, H, W + 2)
         gy = dy[..., :-2] + 2 * dy[..., 1:-1] + dy[..., 2:]  # (B, 3, H, W)
+        del p, dx, dy  # full-size float64 temporaries: keep few alive
         magnitude = torch.hypot(gx, gy)
-        angle = torch.atan2(gx, gy)  # from the y-axis, in (-pi, pi]
-        bins = torch.floor(angle / math.pi * self.nbins).long() % self.nbins
+        # angle from the y-axis, in (-pi, pi] -> bin in [0, nbins)
+        bins = torch.atan2(gx, gy).div_(math.pi).mul_(self.nbins).floor_()
+        bins = bins.long().remainder_(self.nbins)
+        del gx, gy
         # magnitudes summed per (bin, base cell) in one scatter
         h, w = H // base, W // base
         rows = torch.arange(H, device=img.device) // base
         cols = torch.arange(W, device=img.device) // base
-        index = bins * (h * w) + rows[:, None] * w + cols  # (B, 3, H, W)
+        index = bins.mul_(h * w).add_(rows[:, None] * w + cols)  # (B,3,H,W)
         hist = magnitude.new_zeros(B, 3, self.nbins * h * w).scatter_add_(
             2, index.flatten(2), magnitude.flatten(2))
         hist = hist.view(B, 3, self.nbins, h, w)
