@@ -28,7 +28,10 @@ class UMSwinTransformer(CPBSwinTransformer):
     original image, per sample and per stage (positions in tokens of the
     stage, halved at each patch merging), as in the original-size pipeline
     of paper Fig. 3 and the released model; the forward then needs the
-    visible patches' original ``index``. ``'compact'`` takes offsets on the
+    visible patches' original ``index``. Stages 1-3 then equal that
+    pipeline token for token; the last patch merging joins units of four
+    cells (no full-size counterpart), whose token takes its top-left unit's
+    position (in half tokens, as released). ``'compact'`` takes offsets on the
     compact grid (an ablation: the encoder cannot tell where a patch sits in
     its cell). The fine-tuning :class:`CPBSwinTransformer` is the same either
     way (on a dense grid both agree).

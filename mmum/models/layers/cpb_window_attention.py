@@ -85,17 +85,22 @@ class LogCPB(nn.Module):
         span at most ``R = 2 * scale * (window - 1) + 1`` steps (the
         original map is twice the compact one, plus the two tokens' places
         in their cells), so the MLP runs once on that ``(2R + 1)^2`` table
-        and the pairs gather from it: no MLP per sample or window. Larger
-        offsets only join tokens that the shifted-window mask keeps apart;
-        they are clamped to the table.
+        and the pairs gather from it: no MLP per sample or window. Offsets
+        beyond it only join tokens that the shifted-window mask keeps apart
+        (-100); such pairs read whichever entry their index falls on.
         """
-        R = 2 * scale * (window - 1) + 1
+        R, n = 2 * scale * (window - 1) + 1, 4 * scale * (window - 1) + 3
         w = self.mlp[0].weight
         d = torch.arange(-R, R + 1, device=w.device, dtype=w.dtype) / scale
-        table = self.mlp(self.log_grid(d)).t()  # heads, (2R+1)^2
-        rel = (pos[:, :, None] - pos[:, None]).clamp(-R, R) + R  # B_,N,N,2
-        index = rel[..., 0] * (2 * R + 1) + rel[..., 1]  # B_, N, N
-        return table[:, index].transpose(0, 1)
+        table = self.mlp(self.log_grid(d)).t().contiguous()  # heads, n*n
+        # table row of offset (dy, dx) is (dy + R) * n + dx + R: the
+        # difference of the tokens' codes y * n + x, shifted
+        code = pos[..., 0].long() * n + pos[..., 1]  # B_, N
+        index = (code[:, :, None] - code[:, None] + (R * n + R)).clamp_(
+            0, n * n - 1)  # B_, N, N
+        B_, N = code.shape
+        return table.index_select(1, index.view(-1)).view(
+            -1, B_, N, N).transpose(0, 1)
 
 
 class CPBWindowMSA(BaseModule):
