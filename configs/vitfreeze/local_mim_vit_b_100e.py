@@ -19,12 +19,14 @@ model = dict(
         patch_size=16,
         mask_ratio=0.75,
         out_indices=(1, 3, 9, 11)),
-    # one transformer block (256-d, 8 heads) + deconvolution / pooling each
+    # one transformer block (256-d, 8 heads) each, then the released heads:
+    # 56²: 2x2 deconv to 128, LN, GELU, 2x2 deconv to 64; 28²: deconv to
+    # 128; 14²: none; 7²: 2x2 average pooling; then a 1x1 conv to 27
     neck=dict(type='mmum.LocalMIMDecoder', embed_dims=256, num_heads=8),
     head=dict(
         type='mmpretrain.MIMHead',
         loss=dict(type='mmpretrain.PixelReconstructionLoss', criterion='L2')),
-    # HOG targets at 56², 28², 14², 7²
+    # HOG targets at 56², 28², 14², 7², taken on the normalised image
     target_generator=dict(
         type='mmum.HOGTarget', cell_sizes=(4, 8, 16, 32), nbins=9),
     init_cfg=[
@@ -76,3 +78,20 @@ custom_hooks = [dict(type='mmum.NaNGuardHook')]
 randomness = dict(seed=0, diff_rank_seed=True)
 resume = True
 auto_scale_lr = dict(base_batch_size=4096)
+
+# Watching the run (README "Watching a run"): uncomment and set the
+# ImageNet paths to log a weighted k-NN top-1/top-5 of the encoder (10k
+# train / 5k val images) every 10 epochs and to draw
+# the reconstructions of 4 val images (<work_dir>/reconstructions and
+# the Visualizer backends).
+# LocalMIM predicts HOG: the pictures show the HOG of 16-px cells.
+# custom_hooks += [
+#     dict(type='mmum.KNNEvalHook', interval=10,
+#          train_dataset=dict(type='ImageNet', data_root='data/imagenet',
+#                             split='train'), train_subset=10000,
+#          val_dataset=dict(type='ImageNet', data_root='data/imagenet',
+#                           split='val'), val_subset=5000),
+#     dict(type='mmum.ReconstructionHook', interval=10, num_images=4,
+#          dataset=dict(type='ImageNet', data_root='data/imagenet',
+#                       split='val')),
+# ]

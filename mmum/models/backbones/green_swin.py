@@ -30,8 +30,15 @@ class GreenSwinTransformer(SwinTransformer):
 
     Args:
         arch, img_size, patch_size, in_channels, window_size, drop_rate,
-        drop_path_rate, out_indices, norm_cfg, patch_cfg, init_cfg: as in
-        mmpretrain's ``SwinTransformer``.
+        drop_path_rate, out_indices, patch_cfg, init_cfg: as in mmpretrain's
+        ``SwinTransformer``.
+        norm_cfg (dict): every LayerNorm of the encoder: patch embedding,
+            blocks, patch merging and output norms (mmpretrain's
+            ``norm_cfg`` covers only the output norms). The released GreenMIM
+            uses ``dict(type='LN', eps=1e-6)``; a fine-tuning
+            ``SwinTransformer`` then needs that eps in ``patch_cfg``,
+            ``stage_cfgs.block_cfgs``, ``stage_cfgs.downsample_cfg`` and
+            ``norm_cfg`` to compute what was trained.
     """
 
     def __init__(self,
@@ -56,9 +63,12 @@ class GreenSwinTransformer(SwinTransformer):
             drop_path_rate=drop_path_rate,
             out_indices=out_indices,
             norm_cfg=norm_cfg,
-            stage_cfgs=dict(block_cfgs=dict(attn_cfgs=dict(
-                window_msa=GroupWindowAttention))),
-            patch_cfg=patch_cfg,
+            stage_cfgs=dict(
+                block_cfgs=dict(
+                    attn_cfgs=dict(window_msa=GroupWindowAttention),
+                    norm_cfg=norm_cfg),
+                downsample_cfg=dict(norm_cfg=norm_cfg)),
+            patch_cfg=dict(dict(norm_cfg=norm_cfg), **patch_cfg),
             init_cfg=init_cfg)
         self.window_size = window_size
         # a mask unit covers exactly one token of the last stage
@@ -104,7 +114,8 @@ class GreenSwinTransformer(SwinTransformer):
         s = self.total_stride
         if H % s or W % s:
             raise ValueError(f'image size {H}x{W} must be divisible by the '
-                             f'mask unit = encoder total stride {s}')
+                             f'mask unit = encoder total stride {s} (e.g. '
+                             f'{self.suggest_size(H)}x{self.suggest_size(W)})')
         if mask.dtype != torch.bool or mask.shape != (H // s, W // s):
             raise ValueError(
                 f'mask must be a bool tensor of shape {(H // s, W // s)} '
@@ -122,8 +133,26 @@ class GreenSwinTransformer(SwinTransformer):
                     f'neither a multiple of window_size {self.window_size} '
                     'nor covered by one window; Swin would pad it with '
                     'tokens that are not part of the image. Use an image '
-                    'size whose stage maps are multiples of the window.')
+                    'size whose stage maps are multiples of the window, '
+                    f'e.g. {self.suggest_size(H)}x{self.suggest_size(W)}.')
         return ~mask
+
+    def fits(self, side: int) -> bool:
+        """Whether an image side passes :meth:`_check_mask`: a multiple of
+        the total stride whose every stage map is a multiple of the window
+        or covered by one window."""
+        s, w = self.total_stride, self.window_size
+        return side > 0 and side % s == 0 and all(
+            n <= w or n % w == 0
+            for n in (side // s * 2**i for i in range(self.num_layers)))
+
+    def suggest_size(self, side: int) -> int:
+        """The image side nearest to ``side`` that :meth:`fits` (224 for
+        250 with window 7)."""
+        s = self.total_stride
+        return min((m * s for m in range(1, 2 * max(side, s) // s + 2 +
+                                         self.window_size)
+                    if self.fits(m * s)), key=lambda n: (abs(n - side), n))
 
     def _stage(self, stage, x, coords, hw):
         """Swin blocks of one stage on the visible tokens (B, N, C)."""
