@@ -62,9 +62,19 @@ def checkpoints(tmp_path_factory):
     return out
 
 
-def finetune_cfg(arch, ckpt, **kwargs):
+# the Swin layout of the UM-MAE configs (the released one), as the
+# fine-tuning configs repeat it
+_FT = Config.fromfile('configs/finetune/um_mae_swin_t_100e.py').model.backbone
+RELEASED_SWIN = {k: _FT[k] for k in ('patch_merging', 'cpb_hidden_dims',
+                                     'norm_cfg', 'patch_cfg', 'stage_cfgs')}
+
+
+def finetune_cfg(arch, ckpt, released=True, **kwargs):
+    """A tiny fine-tuning backbone; a Swin in the UM-MAE configs' layout
+    unless ``released=False`` (the class defaults: mmpretrain's layout)."""
     if arch == 'swin':
-        cfg = dict(type='mmum.CPBSwinTransformer', arch=SWIN_TINY)
+        cfg = dict(type='mmum.CPBSwinTransformer', arch=SWIN_TINY,
+                   **(copy.deepcopy(RELEASED_SWIN) if released else {}))
     else:
         cfg = dict(type='mmum.PVT', arch=PVT_TINY)
     cfg.update(kwargs)
@@ -145,7 +155,8 @@ def test_checkpoint_of_another_architecture_is_refused(checkpoints, arch,
 def test_other_size_and_missing_prefix_are_refused(checkpoints, tmp_path):
     ckpt, _ = checkpoints['swin']
     wide = dict(SWIN_TINY, embed_dims=64)
-    model = MODELS.build(dict(type='mmum.CPBSwinTransformer', arch=wide))
+    model = MODELS.build(dict(type='mmum.CPBSwinTransformer', arch=wide,
+                              **copy.deepcopy(RELEASED_SWIN)))
     with pytest.raises(ValueError, match=r'shape mismatches.*\(32'):
         model.load_state_dict(backbone_state(ckpt))
     # a whole-algorithm checkpoint loaded without prefix='backbone.'
@@ -165,7 +176,8 @@ def test_simmim_checkpoints_load_too(arch, tmp_path):
     simmim = MODELS.build(cfg)
     ckpt = str(tmp_path / 'simmim.pth')
     torch.save({'state_dict': simmim.state_dict()}, ckpt)
-    model = MODELS.build(finetune_cfg(arch, ckpt))
+    # the SimMIM Swin baseline keeps mmpretrain's layout (class defaults)
+    model = MODELS.build(finetune_cfg(arch, ckpt, released=False))
     model.init_weights()
     assert torch.isfinite(model(torch.randn(1, 3, 256, 256))[-1]).all()
 
@@ -204,6 +216,9 @@ def test_swin_l_config_builds():
     model = MODELS.build(cfg.model)
     assert model.backbone.embed_dims == 192
     assert len(model.neck.decoder_blocks) == 8
+    # released `mae_swin_large_256_dec512d8b64pmd`: 64-wide bias MLP
+    assert model.backbone.stages[0].blocks[0].attn.w_msa.cpb.mlp[0] \
+        .out_features == 64
 
 
 def test_simmim_swin_config_builds():

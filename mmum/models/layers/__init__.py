@@ -8,3 +8,5 @@ from .conv_patch_merging import ConvPatchMerging  # noqa: E402
 __all__ += ['ConvPatchMerging']
 from .query_subset import block_at, blocks_at  # noqa: E402
 __all__ += ['block_at', 'blocks_at']
+from .released_init import init_as_released  # noqa: E402
+__all__ += ['init_as_released']
