@@ -295,3 +295,35 @@ def test_step_reads_no_device_data():
     assert loss.device.type == 'meta'
     loss.backward()
     assert model.backbone.mask_token.grad.device.type == 'meta'
+
+
+def test_initialised_as_released():
+    """Encoder and decoder start as the release's ``initialize_weights``:
+    Xavier-uniform linears (the bias MLP's 1x1 convs: N(0, sqrt(2/out))),
+    zero biases, the patch embedding Xavier-uniform as a linear map."""
+    import math
+
+    from mmum.models.layers import LogCPB
+    torch.manual_seed(0)
+    model = build()
+    cpb = {id(m) for c in model.modules() if isinstance(c, LogCPB)
+           for m in c.mlp}
+    cpb_w = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and id(m) in cpb:
+            cpb_w.append(m.weight.flatten() / math.sqrt(2 / m.out_features))
+        elif isinstance(m, torch.nn.Linear):
+            bound = math.sqrt(6 / (m.in_features + m.out_features))
+            w = m.weight
+            assert w.abs().max() <= bound, name
+            # uniform on [-b, b]: std b / sqrt(3)
+            assert abs(float(w.std()) * math.sqrt(3) / bound - 1) < 0.1, name
+        else:
+            continue
+        if m.bias is not None:
+            assert not m.bias.any(), name
+    assert abs(float(torch.cat(cpb_w).std()) - 1) < 0.05  # unit after scale
+    w = model.backbone.patch_embed.projection.weight.flatten(1)
+    bound = math.sqrt(6 / sum(w.shape))
+    assert w.abs().max() <= bound and \
+        abs(float(w.std()) * math.sqrt(3) / bound - 1) < 0.1

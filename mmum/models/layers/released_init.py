@@ -6,9 +6,9 @@ The official code (implus/UM-MAE, ``MaskedAutoencoderSwin`` /
 - every ``nn.Linear`` with Xavier-uniform weights and zero bias;
 - every ``nn.LayerNorm`` with weight 1, bias 0;
 - every ``nn.Conv2d`` with ``N(0, sqrt(2 / fan_out))`` weights,
-  ``fan_out = k_h * k_w * out_channels / groups``, and zero bias; the relative-position
-  bias MLP of its Swin is a pair of 1x1 convs, so mmum's :class:`LogCPB`
-  linears get this rule (``fan_out = out_features``);
+  ``fan_out = k_h * k_w * out_channels / groups``, and zero bias; the
+  relative-position bias MLP of its Swin is a pair of 1x1 convs, so mmum's
+  :class:`LogCPB` linears get this rule (``fan_out = out_features``);
 - the patch-embedding conv like a linear map: Xavier-uniform on its
   ``(out_channels, in_channels * k_h * k_w)`` matrix (bias 0).
 """
