@@ -69,12 +69,11 @@ RELEASED_SWIN = {k: _FT[k] for k in ('patch_merging', 'cpb_hidden_dims',
                                      'norm_cfg', 'patch_cfg', 'stage_cfgs')}
 
 
-def finetune_cfg(arch, ckpt, released=True, **kwargs):
-    """A tiny fine-tuning backbone; a Swin in the UM-MAE configs' layout
-    unless ``released=False`` (the class defaults: mmpretrain's layout)."""
+def finetune_cfg(arch, ckpt, **kwargs):
+    """A tiny fine-tuning backbone (a Swin in the configs' layout)."""
     if arch == 'swin':
         cfg = dict(type='mmum.CPBSwinTransformer', arch=SWIN_TINY,
-                   **(copy.deepcopy(RELEASED_SWIN) if released else {}))
+                   **copy.deepcopy(RELEASED_SWIN))
     else:
         cfg = dict(type='mmum.PVT', arch=PVT_TINY)
     cfg.update(kwargs)
@@ -176,8 +175,7 @@ def test_simmim_checkpoints_load_too(arch, tmp_path):
     simmim = MODELS.build(cfg)
     ckpt = str(tmp_path / 'simmim.pth')
     torch.save({'state_dict': simmim.state_dict()}, ckpt)
-    # the SimMIM Swin baseline keeps mmpretrain's layout (class defaults)
-    model = MODELS.build(finetune_cfg(arch, ckpt, released=False))
+    model = MODELS.build(finetune_cfg(arch, ckpt))
     model.init_weights()
     assert torch.isfinite(model(torch.randn(1, 3, 256, 256))[-1]).all()
 
@@ -226,6 +224,15 @@ def test_simmim_swin_config_builds():
     model = MODELS.build(cfg.model)
     assert model.backbone.stages[0].blocks[0].attn.window_size == 8
     assert hasattr(model.backbone.stages[0].blocks[0].attn.w_msa, 'cpb')
+    # the same (released) layout as the UM-MAE Swin-T
+    um = MODELS.build(Config.fromfile('configs/um_mae/swin_t_200e.py')
+                      .model.backbone)
+    shapes = {k: v.shape for k, v in um.state_dict().items()
+              if k != 'mask_token'}
+    assert {k: v.shape for k, v in model.backbone.state_dict().items()
+            if k != 'mask_token'} == shapes
+    assert {m.eps for m in model.backbone.modules()
+            if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
     gen = [t for t in cfg.train_pipeline if t.type == 'SimMIMMaskGenerator']
     assert gen[0].input_size == 256
 

@@ -34,9 +34,16 @@ class CPBSwinTransformer(SwinTransformer):
             raise ValueError(f"patch_merging must be 'linear' or 'conv', got "
                              f'{patch_merging!r}')
         super().__init__(*args, **kwargs)
+        self.use_cpb_parts(cpb_hidden_dims, patch_merging)
+
+    def use_cpb_parts(self, cpb_hidden_dims: int, patch_merging: str) -> None:
+        """Swap in the CPB attention of width ``cpb_hidden_dims`` and, for
+        ``patch_merging='conv'``, :class:`ConvPatchMerging` (its LayerNorm
+        keeps the eps of the stage's ``downsample_cfg``)."""
         if patch_merging == 'conv':
             for stage in self.stages:
-                if stage.downsample is not None:
+                if stage.downsample is not None and not isinstance(
+                        stage.downsample, ConvPatchMerging):
                     old = stage.downsample
                     stage.downsample = ConvPatchMerging(
                         old.in_channels, old.out_channels, old.norm.eps)
@@ -44,7 +51,7 @@ class CPBSwinTransformer(SwinTransformer):
             for block in stage.blocks:
                 old = block.attn
                 block.attn = CPBShiftWindowMSA(
-                    embed_dims=old.w_msa.embed_dims,
+                    embed_dims=old.w_msa.qkv.in_features,
                     num_heads=old.w_msa.num_heads,
                     window_size=old.window_size,
                     shift_size=old.shift_size,
