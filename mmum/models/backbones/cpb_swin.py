@@ -19,6 +19,12 @@ class CPBSwinTransformer(SwinTransformer):
     between pre-training and fine-tuning. With ``pad_small_map=False`` a
     stage whose map is smaller than the window clamps the window to the map.
 
+    The defaults give mmpretrain's layout (an option). mmum's UM-MAE,
+    SimMIM-Swin, fine-tuning, mmdet and mmseg configs use the released
+    UM-MAE layout: ``patch_merging='conv'``, ``cpb_hidden_dims`` 32 (Tiny) /
+    64 (Large) and LayerNorm eps 1e-6 through ``norm_cfg``, ``patch_cfg``
+    and ``stage_cfgs`` (``block_cfgs`` and ``downsample_cfg``).
+
     Args:
         cpb_hidden_dims (int): Width of the bias MLP. Defaults to 256.
         patch_merging (str): ``'linear'`` (mmpretrain's ``PatchMerging``) or
