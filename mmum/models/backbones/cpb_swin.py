@@ -2,6 +2,7 @@ from mmpretrain.models import SwinTransformer
 
 from mmum.models.layers.conv_patch_merging import ConvPatchMerging
 from mmum.models.layers.cpb_window_attention import CPBShiftWindowMSA
+from mmum.models.pretrained import use_strict_pretrained
 from mmum.registry import MODELS
 from .pretrained_keys import check_pretrained_keys
 
@@ -40,6 +41,8 @@ class CPBSwinTransformer(SwinTransformer):
             raise ValueError(f"patch_merging must be 'linear' or 'conv', got "
                              f'{patch_merging!r}')
         super().__init__(*args, **kwargs)
+        # init_cfg type='Pretrained': mmum's strict version (pretrained.py)
+        self.init_cfg = use_strict_pretrained(self.init_cfg)
         self.use_cpb_parts(cpb_hidden_dims, patch_merging)
 
     def use_cpb_parts(self, cpb_hidden_dims: int, patch_merging: str) -> None:
