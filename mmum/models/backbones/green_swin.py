@@ -30,8 +30,15 @@ class GreenSwinTransformer(SwinTransformer):
 
     Args:
         arch, img_size, patch_size, in_channels, window_size, drop_rate,
-        drop_path_rate, out_indices, norm_cfg, patch_cfg, init_cfg: as in
-        mmpretrain's ``SwinTransformer``.
+        drop_path_rate, out_indices, patch_cfg, init_cfg: as in mmpretrain's
+        ``SwinTransformer``.
+        norm_cfg (dict): every LayerNorm of the encoder: patch embedding,
+            blocks, patch merging and output norms (mmpretrain's
+            ``norm_cfg`` covers only the output norms). The released GreenMIM
+            uses ``dict(type='LN', eps=1e-6)``; a fine-tuning
+            ``SwinTransformer`` then needs that eps in ``patch_cfg``,
+            ``stage_cfgs.block_cfgs``, ``stage_cfgs.downsample_cfg`` and
+            ``norm_cfg`` to compute what was trained.
     """
 
     def __init__(self,
@@ -56,9 +63,12 @@ class GreenSwinTransformer(SwinTransformer):
             drop_path_rate=drop_path_rate,
             out_indices=out_indices,
             norm_cfg=norm_cfg,
-            stage_cfgs=dict(block_cfgs=dict(attn_cfgs=dict(
-                window_msa=GroupWindowAttention))),
-            patch_cfg=patch_cfg,
+            stage_cfgs=dict(
+                block_cfgs=dict(
+                    attn_cfgs=dict(window_msa=GroupWindowAttention),
+                    norm_cfg=norm_cfg),
+                downsample_cfg=dict(norm_cfg=norm_cfg)),
+            patch_cfg=dict(dict(norm_cfg=norm_cfg), **patch_cfg),
             init_cfg=init_cfg)
         self.window_size = window_size
         # a mask unit covers exactly one token of the last stage

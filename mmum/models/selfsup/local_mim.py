@@ -19,6 +19,7 @@ from torch import nn
 
 from mmum.models.backbones.um_swin import UMSwinTransformer
 from mmum.models.grid import check_grid
+from mmum.models.necks.local_mim_decoder import released_sincos
 from mmum.registry import MODELS
 from .um_mae import UMMAE
 
@@ -66,6 +67,13 @@ class LocalMIMViT(MAEViT):
                 f'LocalMIMViT: mask_ratio={ratio} keeps '
                 f'{int(L * (1 - ratio))} of the {L} patches; it must keep '
                 'at least one and mask at least one')
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        # the released model's fixed positions (mmpretrain's MAEViT table,
+        # written by super(), is their row/column transpose)
+        self.pos_embed.data.copy_(
+            released_sincos(self.patch_resolution, self.embed_dims))
 
     def layer_params(self) -> List[List[nn.Parameter]]:
         """Trainable parameters of each layer, in ``get_layer_depth`` order."""
