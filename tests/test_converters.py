@@ -218,16 +218,13 @@ def test_official_layout_round_trip(arch):
     back = official.mmum_to_official(converted, arch)
     assert set(back) == set(sd)
     lossy = set()
-    if arch == 'swin':  # the two documented, function-preserving rewrites
+    if arch == 'swin':  # the documented, function-preserving rewrite
         lossy = {k for k in sd if k.endswith('posmlp.2.bias')}
-        lossy.add('vis_mask_token')
-        assert all((back[k] == 0).all() for k in lossy - {'vis_mask_token'})
+        assert all((back[k] == 0).all() for k in lossy)
     for k in set(sd) - lossy:
         assert torch.allclose(back[k], sd[k], atol=1e-6), k
     # mmum -> official -> mmum is exact
     again, _ = official.official_to_mmum(back)
-    if arch == 'swin':
-        again['backbone.mask_token'] = converted['backbone.mask_token']
     assert all(torch.allclose(again[k], converted[k], atol=1e-6)
                for k in converted)
     # the imported model trains
@@ -260,7 +257,7 @@ def test_official_pvt_forward_is_equal():
 def test_official_swin_pieces_are_equal():
     """The rewritten parts compute what the official ones compute: the
     bias MLP (ln coordinates, output bias) inside the window softmax, the
-    LayerNorm + conv patch merging and the normalised mask token."""
+    LayerNorm + conv patch merging and the mask token before the norm."""
     sd = official_swin_state()
     converted, _ = official.official_to_mmum(sd)
     model = MODELS.build(um_mae_cfg('swin')).backbone
@@ -296,11 +293,18 @@ def test_official_swin_pieces_are_equal():
     got, hw = model.stages[0].downsample(t, (16, 16))
     assert hw == (8, 8)
     assert torch.allclose(got, want.flatten(2).transpose(1, 2), atol=1e-6)
-    # the mask token replaces the *normalised* patch embedding
+    # secondary-masked units: the release puts the normalised
+    # vis_mask_token there, mmum its mask_token through the embedding norm
+    assert torch.equal(model.mask_token, sd['vis_mask_token'])
     token = F.layer_norm(sd['vis_mask_token'], (32, ),
                          sd['patch_embed.norm.weight'],
                          sd['patch_embed.norm.bias'], 1e-6)
-    assert torch.allclose(model.mask_token, token)
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 1, 2] = 1  # one masked unit = 4x4 tokens
+    with torch.no_grad():
+        tokens, hw = model.embed(torch.randn(1, 3, 64, 64), mask)
+    tokens = tokens.view(1, *hw, 32)[0, 4:8, 8:12]
+    assert torch.allclose(tokens, token.expand(4, 4, 32), atol=1e-6)
 
 
 def test_importer_refuses_other_layouts():

@@ -57,10 +57,10 @@ sr/norm``
 
 Assumptions and exact rewrites:
 
-(*) Swin: the release normalises ``vis_mask_token`` with
-    ``patch_embed.norm`` before it replaces a token; mmum's token replaces
-    the already normalised embedding, so mmum stores the normalised token
-    (LayerNorm eps 1e-6). PVT: copied as is.
+(*) copied as is. Swin: the release normalises ``vis_mask_token`` with
+    ``patch_embed.norm`` before it replaces a token, and mmum's
+    :class:`UMSwinTransformer` places its ``mask_token`` before that norm:
+    the same function and the same parametrisation.
 (**) the bias MLP is a pair of 1x1 convs on ``sign(d) * ln(1 + |d|)``
     with ``d`` = key position - query position; mmum's :class:`LogCPB` is
     two linears on ``sign(d) * log2(1 + |d|)`` with ``d`` = query - key and
@@ -71,7 +71,7 @@ Assumptions and exact rewrites:
 
 Both directions are implemented (:func:`official_to_mmum`,
 :func:`mmum_to_official`); official -> mmum -> official is the identity but
-for the two rewrites above. The official model uses LayerNorm eps 1e-6
+for the dropped output bias (**). The official model uses LayerNorm eps 1e-6
 everywhere but in PVT's key/value norm (1e-5); mmum's configs do the same
 (including the Swin patch-merging norm).
 """
@@ -83,7 +83,6 @@ from collections import OrderedDict
 from typing import Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 
 SWIN_BLOCK = {
     'norm1': 'norm1', 'norm2': 'norm2', 'attn.qkv': 'attn.w_msa.qkv',
@@ -104,7 +103,6 @@ DECODER = {
     'decoder_embed': 'decoder_embed', 'decoder_norm': 'ln1',
     'decoder_pred': 'decoder_pred'
 }
-LN_EPS = 1e-6
 
 
 def detect_arch(sd: Dict[str, torch.Tensor]) -> str:
@@ -137,11 +135,6 @@ def _sub(sd, old, new, out):
     for k in used:
         out[new + k[len(old):]] = sd[k]
     return used
-
-
-def _mask_token_norm(sd):
-    w, b = sd['patch_embed.norm.weight'], sd['patch_embed.norm.bias']
-    return F.layer_norm(sd['vis_mask_token'], w.shape, w, b, LN_EPS)
 
 
 def official_to_mmum(sd: Dict[str, torch.Tensor]
@@ -185,13 +178,9 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     if arch == 'swin':
         used.update(_sub(sd, 'patch_embed.norm', 'backbone.patch_embed.norm',
                          out))
-        if 'vis_mask_token' in sd:
-            out['backbone.mask_token'] = _mask_token_norm(sd)
     else:
         used.update(_sub(sd, 'pos_embed', 'backbone.pos_embed', out))
-        used.update(_sub(sd, 'vis_mask_token', 'backbone.mask_token', out))
-    if 'vis_mask_token' in sd:
-        used.add('vis_mask_token')
+    used.update(_sub(sd, 'vis_mask_token', 'backbone.mask_token', out))
 
     for old, new in DECODER.items():
         used.update(_sub(sd, old, f'neck.{new}', out))
@@ -215,9 +204,8 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
 
 def mmum_to_official(sd: Dict[str, torch.Tensor],
                      arch: str) -> Dict[str, torch.Tensor]:
-    """Inverse of :func:`official_to_mmum` (the ``vis_mask_token`` of a Swin
-    is written already normalised and the bias MLP's output bias as 0; both
-    give the same function)."""
+    """Inverse of :func:`official_to_mmum` (the bias MLP's output bias is
+    written as 0: the same function)."""
     if arch not in ('swin', 'pvt'):
         raise ValueError(f"arch must be 'swin' or 'pvt', got {arch!r}")
     out, used = OrderedDict(), set()
