@@ -1,7 +1,8 @@
 # SimMIM baseline of UM-MAE's Table 3: Swin-T (window 8, the same CPB
 # architecture as UM-MAE, in its released layout) at the same 256 px and
-# with the same schedule as configs/um_mae/swin_t_200e.py. The encoder sees the whole image with 75%
-# of its 16-px patches replaced by a mask token (random, as MAE samples).
+# with the same schedule as configs/um_mae/swin_t_200e.py. The encoder sees
+# the whole image with 75% of its 16-px patches replaced by a mask token
+# (random, as MAE samples).
 #   tools/dist_train.sh configs/simmim/swin_t_256_200e.py 8
 _base_ = [
     '../_base_/datasets/imagenet_bs128_um_mae_256.py',
