@@ -53,6 +53,16 @@ class LocalMIMViT(MAEViT):
         super().__init__(out_indices=list(out_indices), final_norm=False,
                          **kwargs)
 
+    def init_weights(self) -> None:
+        """MAE's initialisation, unless ``init_cfg`` loads a checkpoint:
+        then the loaded weights stay (mmpretrain's ``MAEViT`` would redraw
+        the patch embedding and class token after loading)."""
+        if isinstance(self.init_cfg, dict) and \
+                self.init_cfg.get('type') == 'Pretrained':
+            super(MAEViT, self).init_weights()  # VisionTransformer's: loads
+            return
+        super().init_weights()
+
     def layer_params(self) -> List[List[nn.Parameter]]:
         """Trainable parameters of each layer, in ``get_layer_depth`` order."""
         return [[*self.patch_embed.parameters(), self.cls_token]

@@ -1,0 +1,276 @@
+"""Our backbones as drop-ins for mmpretrain's (issue 20).
+
+For every mmum backbone, the behaviours mmpretrain 1.2's own backbone tests
+check for the class it stands in for (``SwinTransformer`` for the Swin
+family, ``PCPVT`` for PVT, ``MAEViT`` for LocalMIM's ViT): construction,
+output shapes for odd input sizes, frozen stages (``requires_grad`` and
+``eval`` mode), ``norm_eval``, the drop-path schedule, ``init_cfg`` loading
+and strict checkpoint round trips with the mmpretrain class where the
+parameter layouts are shared. Written for mmum; tiny archs, small images.
+"""
+import math
+from itertools import chain
+
+import pytest
+import torch
+from mmpretrain.models import MAEViT, SwinTransformer, VisionTransformer
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmum.models.backbones import (PVT, UMPVT, CPBSwinTransformer,
+                                   GreenSwinTransformer, UMSwinTransformer)
+from mmum.models.selfsup.local_mim import LocalMIMViT
+
+SWIN_ARCH = dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4])
+PVT_ARCH = dict(embed_dims=[16, 32, 32, 64], depths=[2, 1, 2, 1],
+                num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
+VIT_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2,
+                feedforward_channels=64)
+
+SWINS = {
+    'CPBSwinTransformer': CPBSwinTransformer,
+    'UMSwinTransformer': UMSwinTransformer,
+    'GreenSwinTransformer': GreenSwinTransformer,
+}
+PVTS = {'PVT': PVT, 'UMPVT': UMPVT}
+
+
+def build(name, **kw):
+    """A tiny instance of the backbone ``name``."""
+    if name in SWINS:
+        kw = {'arch': SWIN_ARCH, 'window_size': 2, **kw}
+        return SWINS[name](**kw)
+    if name in PVTS:
+        return PVTS[name](**{'arch': PVT_ARCH, 'img_size': 64, **kw})
+    assert name == 'LocalMIMViT'
+    return LocalMIMViT(**{'arch': VIT_ARCH, 'img_size': 64, 'patch_size': 16,
+                          'out_indices': (1, 3), **kw})
+
+
+HIER = [*SWINS, *PVTS]  # four-stage pyramids
+ALL = [*HIER, 'LocalMIMViT']
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ev(model):
+    """``model.eval()`` returning the model (mmpretrain's Swin ``train``
+    returns None)."""
+    model.eval()
+    return model
+
+
+def _widths(model):
+    if isinstance(model, SwinTransformer):
+        return [model.embed_dims * 2**i for i in range(4)]
+    return list(model.embed_dims)
+
+
+# -- construction and output shapes ------------------------------------------
+@pytest.mark.parametrize('name', HIER)
+@pytest.mark.parametrize('size', [(64, 64), (130, 161), (97, 128)])
+def test_dense_output_shapes_odd_sizes(name, size):
+    """Dense forward (no mask). Swin: every stage at ceil(side / stride),
+    as mmpretrain's Swin test checks for 256x309. PVT pads the image to a
+    multiple of 32 first (documented), so stage i is ceil(side / 32) * 2^(3-i);
+    the last stage agrees with Swin's."""
+    model = ev(build(name, out_indices=(0, 1, 2, 3)))
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    assert isinstance(outs, tuple) and len(outs) == 4
+    for i, (out, c) in enumerate(zip(outs, _widths(model))):
+        s = 4 * 2**i
+        if name in PVTS:
+            side = [math.ceil(n / 32) * 32 // s for n in size]
+        else:
+            side = [math.ceil(n / s) for n in size]
+        assert out.shape == (1, c, *side), (i, out.shape)
+
+
+@pytest.mark.parametrize('name', HIER)
+def test_default_out_indices(name):
+    model = ev(build(name))
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, 64, 96))
+    assert len(outs) == 1 and outs[0].shape == (2, _widths(model)[3], 2, 3)
+
+
+def test_vit_dense_output_shapes():
+    model = ev(build('LocalMIMViT'))
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64), mask=None)
+    # MAEViT's out_type='raw': class token + 4x4 patch tokens
+    assert [tuple(o.shape) for o in outs] == [(1, 17, 32)] * 2
+
+
+@pytest.mark.parametrize('name', ['CPBSwinTransformer', 'UMSwinTransformer',
+                                  'GreenSwinTransformer', 'PVT', 'UMPVT'])
+def test_custom_arch(name):
+    """A custom arch dict sets widths, depths and heads per stage."""
+    model = build(name)
+    blocks = [len(s.blocks) for s in model.stages]
+    assert blocks == list((SWIN_ARCH if name in SWINS else PVT_ARCH)['depths'])
+
+
+@pytest.mark.parametrize('name', HIER)
+def test_unknown_arch_is_a_clear_error(name):
+    with pytest.raises((ValueError, AssertionError), match='arch'):
+        build(name, arch='unknown')
+
+
+# -- frozen stages, norm_eval, drop path -------------------------------------
+@pytest.mark.parametrize('name', HIER)
+@pytest.mark.parametrize('frozen', [0, 2])
+def test_frozen_stages(name, frozen):
+    model = build(name, frozen_stages=frozen, out_indices=(0, 1, 2, 3))
+    model.init_weights()
+    model.train()
+    assert not model.patch_embed.training
+    assert not any(p.requires_grad for p in model.patch_embed.parameters())
+    for i in range(4):
+        stage, norm = model.stages[i], getattr(model, f'norm{i}')
+        params = list(stage.parameters()) + list(norm.parameters())
+        if i <= frozen:
+            assert not stage.training
+            assert not any(p.requires_grad for p in params), i
+        else:
+            assert stage.training
+            assert all(p.requires_grad for p in params), i
+    # a frozen model still trains its free part
+    out = model(torch.randn(1, 3, 64, 64))[-1]
+    out.sum().backward()
+    assert model.stages[3].blocks[0].norm1.weight.grad is not None
+    assert model.stages[0].blocks[0].norm1.weight.grad is None
+
+
+@pytest.mark.parametrize('name', ['CPBSwinTransformer', 'UMSwinTransformer'])
+def test_norm_eval_keeps_batchnorm_in_eval(name):
+    """As mmpretrain's Swin test: BN norms everywhere, ``train()`` leaves
+    them in eval mode with ``norm_eval=True`` (and in train mode without)."""
+    bn = dict(type='BN')
+    for norm_eval in (True, False):
+        model = build(name, norm_eval=norm_eval, norm_cfg=bn,
+                      stage_cfgs=dict(block_cfgs=dict(norm_cfg=bn)))
+        model.init_weights()
+        model.train()
+        bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+        assert bns and all(m.training != norm_eval for m in bns)
+
+
+def _drop_probs(model):
+    if isinstance(model, SwinTransformer):
+        blocks = chain(*[s.blocks for s in model.stages])
+        return [(b.ffn.dropout_layer.drop_prob, b.attn.drop.drop_prob)
+                for b in blocks]
+    if isinstance(model, PVT):
+        blocks = chain(*[s.blocks for s in model.stages])
+        return [(getattr(b.drop_path, 'drop_prob', 0.), ) for b in blocks]
+    return [(getattr(layer.ffn.dropout_layer, 'drop_prob', 0.), )
+            for layer in model.layers]
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_drop_path_linear_decay(name):
+    model = build(name, drop_path_rate=0.2)
+    probs = _drop_probs(model)
+    for i, p in enumerate(probs):
+        expect = 0.2 * i / (len(probs) - 1)
+        assert all(math.isclose(q, expect, abs_tol=1e-7) for q in p), (i, p)
+
+
+# -- init_cfg and checkpoints -------------------------------------------------
+def _perturbed(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_init_cfg_pretrained(name, tmp_path):
+    torch.manual_seed(0)
+    src = _perturbed(build(name))
+    path = str(tmp_path / 'ckpt.pth')
+    torch.save({'state_dict': src.state_dict()}, path)
+    model = build(name, init_cfg=dict(type='Pretrained', checkpoint=path))
+    model.init_weights()
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+    model = build(name, init_cfg=dict(type='Pretrained',
+                                      checkpoint=str(tmp_path / 'absent')))
+    with pytest.raises((OSError, FileNotFoundError)):
+        model.init_weights()
+    model = build(name, init_cfg=123)
+    with pytest.raises(TypeError):
+        model.init_weights()
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_strict_round_trip_same_class(name):
+    torch.manual_seed(0)
+    src = _perturbed(build(name))
+    dst = build(name)
+    dst.load_state_dict(src.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    ev(src), ev(dst)
+    with torch.no_grad():
+        kw = {'mask': None} if name == 'LocalMIMViT' else {}
+        for a, b in zip(src(x, **kw), dst(x, **kw)):
+            assert torch.equal(a, b)
+
+
+def test_green_swin_round_trip_with_mmpretrain_swin():
+    """GreenSwin's layout is mmpretrain's: strict both ways, same dense
+    outputs."""
+    torch.manual_seed(0)
+    kw = dict(arch=SWIN_ARCH, window_size=2, out_indices=(0, 1, 2, 3),
+              drop_path_rate=0.)
+    green = ev(_perturbed(GreenSwinTransformer(**kw)))
+    swin = ev(SwinTransformer(**kw))
+    swin.load_state_dict(green.state_dict(), strict=True)
+    back = ev(GreenSwinTransformer(**kw))
+    back.load_state_dict(swin.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b, c in zip(green(x), swin(x), back(x)):
+            assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize('ref', [MAEViT, VisionTransformer])
+def test_local_mim_vit_round_trip_with_mmpretrain_vit(ref):
+    torch.manual_seed(0)
+    kw = dict(arch=VIT_ARCH, img_size=64, patch_size=16, out_indices=(1, 3))
+    ours = ev(_perturbed(LocalMIMViT(**kw)))
+    if ref is VisionTransformer:
+        kw['out_type'] = 'raw'  # MAEViT's
+    theirs = ev(ref(final_norm=False, **kw))
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    kw.pop('out_type', None)
+    back = LocalMIMViT(**kw)
+    back.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    kw = {'mask': None} if ref is MAEViT else {}
+    with torch.no_grad():
+        for a, b in zip(ours(x, mask=None), theirs(x, **kw)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('enc,dense', [
+    ('UMSwinTransformer', 'CPBSwinTransformer'), ('UMPVT', 'PVT')])
+def test_pretraining_encoder_loads_into_dense_backbone(enc, dense):
+    """The pre-training encoder's weights (``mask_token`` aside) load
+    strictly into the fine-tuning backbone, and the dense outputs agree."""
+    torch.manual_seed(0)
+    src = ev(_perturbed(build(enc)))
+    dst = ev(build(dense))
+    dst.load_state_dict(src.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(src(x), dst(x)):
+            assert torch.equal(a, b)
