@@ -140,10 +140,10 @@ CASES = {
         ValueError, ['mask_unit (16)', 'total stride (32)']),
     'GreenMIM mask ratio >= 1': (
         lambda t: green_mim(mask_ratio=1.0),
-        ValueError, ['1.0', '[0, 1)']),
+        ValueError, ['1.0', '(0, 1)']),
     'GreenMIM mask ratio < 0': (
         lambda t: green_mim(mask_ratio=-0.5),
-        ValueError, ['-0.5', '[0, 1)']),
+        ValueError, ['-0.5', '(0, 1)']),
     'GreenMIM image not divisible by mask unit': (
         lambda t: green_mim().random_mask(torch.zeros(1, 3, 200, 200)),
         ValueError, ['200x200', 'mask unit 32']),

@@ -164,7 +164,7 @@ def test_overfit_one_batch_and_load_into_mmpretrain_swin(tmp_path):
 
 
 def test_bad_settings_raise_clear_errors():
-    with pytest.raises(ValueError, match=r'mask_ratio must be in \[0, 1\)'):
+    with pytest.raises(ValueError, match=r'mask_ratio must be in \(0, 1\)'):
         _tiny_model(mask_ratio=1.0)
     with pytest.raises(ValueError, match='mask_ratio'):
         _tiny_model(mask_ratio=-0.1)
@@ -173,8 +173,9 @@ def test_bad_settings_raise_clear_errors():
     model = _tiny_model()
     with pytest.raises(ValueError, match='divisible by the mask unit'):
         model.loss(torch.randn(1, 3, 200, 200), _samples(1))
-    with pytest.raises(ValueError, match='decoder is built for 16'):
-        model.loss(torch.randn(1, 3, 256, 256), _samples(1))
+    # the decoder built for 4x4 units computes its positions for 8x8
+    assert torch.isfinite(model.loss(torch.randn(1, 3, 256, 256),
+                                     _samples(1))['loss'])
 
 
 @pytest.mark.slow

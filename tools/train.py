@@ -5,6 +5,8 @@ Examples::
     python tools/train.py configs/um_mae/swin_t_200e.py
     python tools/train.py CONFIG --resume                 # latest in work dir
     python tools/train.py CONFIG --resume work_dirs/x/iter_100.pth
+    python tools/train.py CONFIG --resume --resume-from-intact  # skip a
+                                          # truncated latest checkpoint
     tools/dist_train.sh CONFIG 8 --amp                    # 8 GPUs (or CPUs)
 """
 import argparse
@@ -17,6 +19,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmum.datasets.checks import check_train_data
+from mmum.engine.checkpoint import check_resume_checkpoint
+from mmum.engine.hooks.freezeout_hook import check_freezeout_config
 from mmum.utils.dist import cpu_fallback_amp, setup_cpu_distributed
 
 
@@ -28,6 +32,11 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint; without a path, from the latest '
         'checkpoint in the work dir')
+    parser.add_argument(
+        '--resume-from-intact', action='store_true',
+        help='when resuming and the checkpoint to resume from is truncated or'
+        ' corrupt, resume from the newest intact checkpoint of the work dir '
+        'instead (without it such a run stops and names both files)')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (fp32 without CUDA)')
     parser.add_argument(
@@ -69,6 +78,9 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
     check_train_data(cfg)  # clear errors for a missing / empty data root
+    check_freezeout_config(cfg)  # FreezeOutLR needs its FreezeOutHook
+    # a broken checkpoint to resume from: name it and the newest intact one
+    check_resume_checkpoint(cfg, from_intact=args.resume_from_intact)
     cpu_fallback_amp(cfg)
     setup_cpu_distributed(cfg, args.launcher)
     runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg

@@ -23,8 +23,11 @@ model = dict(
         window_size=7,
         drop_path_rate=0.2,
         out_indices=(3, ),
+        # _scope_='mmum': mmum's strict Pretrained (mmum/models/pretrained.py)
+        # refuses a checkpoint that leaves backbone weights random
         init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+            type='Pretrained', _scope_='mmum', checkpoint=pretrained,
+            prefix='backbone.')),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
         type='LinearClsHead',

@@ -20,8 +20,11 @@ model = dict(
         pad_small_map=True,
         drop_path_rate=0.3,
         out_indices=(0, 1, 2, 3),
+        # _scope_='mmum': mmum's strict Pretrained (mmum/models/pretrained.py)
+        # refuses a checkpoint that leaves backbone weights random
         init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+            type='Pretrained', _scope_='mmum', checkpoint=pretrained,
+            prefix='backbone.')),
     neck=dict(in_channels=[128, 256, 512, 1024]))
 
 train_dataloader = dict(batch_size=2)

@@ -8,9 +8,17 @@
 * :func:`check_resume_compatible` (called by ``mmum.SafeCheckpointHook``
   when resuming) rejects a checkpoint written by another architecture before
   its weights are half-loaded with ``strict=False``.
+* :func:`checkpoint_problem` / :func:`newest_intact_checkpoint`: a cheap
+  check whether a checkpoint file is complete, and the newest complete
+  ``iter_N.pth`` / ``epoch_N.pth`` of a work dir (``tools/train.py
+  --resume`` uses them when ``last_checkpoint`` points at a broken file).
 """
+import errno
+import os
 import os.path as osp
-import pickle
+import re
+import zipfile
+from typing import Optional
 
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -22,9 +30,16 @@ def load_from_local(filename, map_location):
     """mmengine's local loader; unreadable files name themselves."""
     try:
         return _mmengine_load(filename, map_location)
-    except FileNotFoundError:
-        raise
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+    except (FileNotFoundError, IsADirectoryError, PermissionError,
+            MemoryError):
+        raise  # they name the file already / are not about the file
+    except Exception as e:
+        # a truncated file makes torch fail in many ways: "failed finding
+        # central directory", "unexpected EOF", EOFError, struct.error (legacy
+        # format), UnpicklingError, or a bare OSError(EINVAL) from a seek
+        # before the start of the file
+        if isinstance(e, OSError) and e.errno not in (None, errno.EINVAL):
+            raise
         if 'weights_only' in str(e) or 'Weights only' in str(e):
             raise  # torch's own message explains the allow-list
         size = osp.getsize(osp.expanduser(filename))
@@ -63,3 +78,90 @@ def check_resume_compatible(model: torch.nn.Module, checkpoint: dict,
         f'architecture ({"; ".join(parts)}). Resuming needs a checkpoint of '
         f'this config\'s model ({type(model).__name__}); to start from '
         f'other weights use `load_from` (or init_cfg) without --resume.')
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """``None`` if ``path`` is a complete checkpoint file, else what is wrong
+    with it (missing, empty, truncated / corrupt).
+
+    A file of ``torch.save`` is a zip archive whose directory sits at its
+    end, so a truncated file is found by reading the directory and checking
+    that every member lies inside the file, without loading the tensors.
+    Files in torch's legacy (non-zip) format are loaded to be checked.
+    """
+    if not osp.isfile(path):
+        return 'missing'
+    size = osp.getsize(path)
+    if size == 0:
+        return 'empty (0 bytes)'
+    if not zipfile.is_zipfile(path):
+        try:
+            load_from_local(path, 'cpu')
+        except RuntimeError:
+            return f'truncated or corrupt ({size} bytes, not loadable)'
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.header_offset + info.compress_size > size:
+                    return f'truncated ({size} bytes)'
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        return f'truncated or corrupt ({size} bytes: {e})'
+    return None
+
+
+def newest_intact_checkpoint(work_dir: str,
+                             exclude: Optional[str] = None) -> Optional[str]:
+    """The newest (highest N) complete ``iter_N.pth`` or ``epoch_N.pth`` in
+    ``work_dir`` other than ``exclude``, or ``None``."""
+    found = []
+    for name in os.listdir(work_dir) if osp.isdir(work_dir) else []:
+        m = re.fullmatch(r'(?:iter|epoch)_(\d+)\.pth', name)
+        path = osp.join(work_dir, name)
+        if m and not (exclude and osp.exists(exclude)
+                      and osp.samefile(path, exclude)):
+            found.append((int(m.group(1)), osp.getmtime(path), path))
+    for *_, path in sorted(found, reverse=True):
+        if checkpoint_problem(path) is None:
+            return path
+    return None
+
+
+def check_resume_checkpoint(cfg, from_intact: bool = False) -> None:
+    """Before a run that resumes (``cfg.resume``), make sure the checkpoint
+    it resumes from is complete.
+
+    The checkpoint is ``cfg.load_from`` or, if that is unset, the one the
+    work dir's ``last_checkpoint`` names. If it is broken, raise
+    ``RuntimeError`` naming it and the newest intact earlier checkpoint of
+    the work dir; with ``from_intact`` switch ``cfg.load_from`` to that
+    checkpoint instead (and say so), never silently.
+    """
+    from mmengine.logging import print_log
+    from mmengine.runner.checkpoint import find_latest_checkpoint
+    if not cfg.get('resume'):
+        return
+    work_dir = cfg.get('work_dir') or '.'
+    path = cfg.get('load_from') or find_latest_checkpoint(work_dir)
+    if not path or '://' in str(path):
+        return  # nothing to resume from (mmengine starts anew) / remote file
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return
+    intact = newest_intact_checkpoint(work_dir, exclude=path)
+    if from_intact and intact:
+        print_log(
+            f'resume: checkpoint {path} is {problem}; resuming from the '
+            f'newest intact checkpoint {intact} instead (--resume-from-'
+            'intact)', logger='current', level=30)
+        cfg.load_from = intact
+        return
+    if intact:
+        what = (f'The newest intact earlier checkpoint in {work_dir} is '
+                f'{intact}: resume from it with `--resume {intact}` or '
+                '`--resume-from-intact`.')
+    else:
+        what = (f'No intact iter_N.pth / epoch_N.pth is left in {work_dir}:'
+                ' start again without --resume (or set resume=False).')
+    raise RuntimeError(f'cannot resume: checkpoint {path} is {problem}. '
+                       + what)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 from mmcv.transforms import BaseTransform
 
@@ -58,9 +60,21 @@ class UniformMasking(BaseTransform):
             raise ValueError(
                 f'UniformMasking needs image sides that are multiples of '
                 f'2 x patch_size = {cell} px (2x2 cells of {p}-px patches), '
-                f'got {H}x{W}. Resize/crop to e.g. '
-                f'{max(cell, H // cell * cell)}x{max(cell, W // cell * cell)}.')
+                f'got {H}x{W}. Resize/crop to e.g. {self.suggest(H)}x'
+                f'{self.suggest(W)}, a size the UM-MAE encoders accept too.')
         return H // p, W // p
+
+    def suggest(self, side: int) -> int:
+        """The side nearest to ``side`` (in ratio) of the form
+        ``4 * patch_size * 2**k`` px (64, 128, 256, 512 for 16-px patches).
+
+        UM-MAE's encoders run on the compact half-size image and need more
+        than this transform: sides that are multiples of twice their total
+        stride (2 x 32 px = 4 x ``patch_size``) whose stage maps tile the
+        window; these sizes do so for every power-of-two window (window 8,
+        16, ...), so a hint never leads into the encoder's error."""
+        base = 4 * self.patch_size
+        return base * 2**max(0, round(math.log2(max(side, 1) / base)))
 
     def num_secondary(self, num_visible: int) -> int:
         return int(round(num_visible * self.secondary_ratio))
@@ -84,8 +98,15 @@ class UniformMasking(BaseTransform):
         visible = np.eye(4, dtype=np.uint8)[pos].reshape(ch, cw, 2, 2)
         visible = visible.transpose(0, 2, 1, 3).reshape(h, w)
 
+        k = self.num_secondary(n)
+        if k == n:
+            raise ValueError(
+                f'secondary_ratio={self.secondary_ratio} gives the mask token'
+                f' to all {n} visible patches of a {h}x{w} grid, so the '
+                'encoder would see no pixel; lower it (round(n * ratio) must '
+                'be < n) or use larger images')
         secondary = np.zeros(n, dtype=np.uint8)
-        secondary[np.random.permutation(n)[:self.num_secondary(n)]] = 1
+        secondary[np.random.permutation(n)[:k]] = 1
         # cells are ordered row-major, like the visible patches
         secondary_mask = np.zeros((h, w), dtype=np.uint8)
         secondary_mask[visible.astype(bool)] = secondary

@@ -13,7 +13,11 @@ class DecoderPruningHook(Hook):
     A pruned decoder and its target leave the forward pass, and its
     parameters leave the optimizer (state freed, ``requires_grad=False``).
     The pruned set is written to ``checkpoint['meta']['pruned_decoders']``
-    and restored on resume before the optimizer state is loaded.
+    and restored on resume before the optimizer state is loaded. A pruned
+    decoder's loss leaves the log too: its smoothed value is dropped from
+    the message hub (also after a resume), using the model's
+    ``decoder_loss_keys`` (decoder -> loss name, if it has them; kept in
+    ``checkpoint['meta']['decoder_loss_keys']``).
 
     The model (unwrapped) must provide ``decoder_layers`` (the layer feeding
     each decoder, in ``get_layer_depth`` order), ``num_frozen_layers()``,
@@ -24,6 +28,9 @@ class DecoderPruningHook(Hook):
     priority = 'VERY_LOW'
     API = ('decoder_layers', 'num_frozen_layers', 'pruned_decoders',
            'prune_decoder')
+
+    def __init__(self):
+        self._loss_keys = {}  # decoder -> loss name, seen in training
 
     def _model(self, runner):
         model = runner.model.module if is_model_wrapper(
@@ -49,6 +56,16 @@ class DecoderPruningHook(Hook):
             k for k, layer in enumerate(model.decoder_layers)
             if layer < frozen
         ])
+        self._forget_losses(runner, model)
+
+    def _forget_losses(self, runner, model):
+        """Drop pruned decoders' losses from the message hub, so the log
+        stops printing their last smoothed value."""
+        self._loss_keys.update(getattr(model, 'decoder_loss_keys', {}))
+        hub = getattr(runner, 'message_hub', None)
+        for k in model.pruned_decoders:
+            if k in self._loss_keys and hub is not None:
+                hub.log_scalars.pop(f'train/{self._loss_keys[k]}', None)
 
     def before_train(self, runner):
         self._sync(runner)
@@ -61,11 +78,14 @@ class DecoderPruningHook(Hook):
         self._sync(runner)
 
     def before_save_checkpoint(self, runner, checkpoint):
-        checkpoint.setdefault('meta', {})['pruned_decoders'] = sorted(
-            self._model(runner).pruned_decoders)
+        meta = checkpoint.setdefault('meta', {})
+        meta['pruned_decoders'] = sorted(self._model(runner).pruned_decoders)
+        meta['decoder_loss_keys'] = dict(self._loss_keys)
 
     def after_load_checkpoint(self, runner, checkpoint):
         # only a resume restores the schedule; `load_from` loads weights only
         if getattr(runner, '_resume', False):
+            meta = checkpoint.get('meta', {})
+            self._loss_keys.update(meta.get('decoder_loss_keys', {}))
             self._prune(runner, self._model(runner),
-                        checkpoint.get('meta', {}).get('pruned_decoders', []))
+                        meta.get('pruned_decoders', []))

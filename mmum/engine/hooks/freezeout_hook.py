@@ -3,7 +3,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch.nn.parallel import DistributedDataParallel
 
-from mmum.engine.schedulers.freezeout import FreezeOutLR
+from mmum.engine.schedulers.freezeout import HOOKED, FreezeOutLR
 from mmum.registry import HOOKS
 
 
@@ -15,6 +15,31 @@ def freezeout_schedulers(runner):
         return [((name, i), s) for name, lst in scheds.items()
                 for i, s in enumerate(lst) if isinstance(s, FreezeOutLR)]
     return [(i, s) for i, s in enumerate(scheds) if isinstance(s, FreezeOutLR)]
+
+
+def check_freezeout_config(cfg) -> None:
+    """Raise ``ValueError`` before anything is built if the config's
+    ``param_scheduler`` has a ``FreezeOutLR`` but ``custom_hooks`` lacks
+    ``FreezeOutHook`` (tools/train.py calls it): without the hook frozen
+    layers keep dropout / drop-path on, DDP fails once a layer freezes, and
+    a resume cannot restore the optimizer."""
+    def name(t):
+        return (t if isinstance(t, str) else getattr(t, '__name__', '')
+                ).split('.')[-1]
+
+    scheds = cfg.get('param_scheduler') or []
+    if isinstance(scheds, dict):
+        scheds = list(scheds.values()) if 'type' not in scheds else [scheds]
+    flat = [s for x in scheds for s in (x if isinstance(x, list) else [x])]
+    if not any(name(s.get('type', '')) == 'FreezeOutLR' for s in flat):
+        return
+    hooks = cfg.get('custom_hooks') or []
+    if not any(name(h.get('type', '')) == 'FreezeOutHook' for h in hooks):
+        raise ValueError(
+            'param_scheduler has mmum.FreezeOutLR but custom_hooks has no '
+            "mmum.FreezeOutHook; add dict(type='mmum.FreezeOutHook') to "
+            'custom_hooks (it keeps frozen layers in eval mode, checks DDP '
+            'and freezes the saved layers when resuming)')
 
 
 @HOOKS.register_module()
@@ -44,6 +69,8 @@ class FreezeOutHook(Hook):
         if not freezeout_schedulers(runner):
             raise ValueError('FreezeOutHook: no FreezeOutLR in '
                              'param_scheduler')
+        for _, sched in freezeout_schedulers(runner):
+            HOOKED.add(sched)
         model = runner.model
         inner = model.module if is_model_wrapper(model) else model
         if not hasattr(inner, 'get_layer_depth'):

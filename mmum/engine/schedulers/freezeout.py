@@ -8,15 +8,20 @@ at ``t_i``; at that step the layer is frozen for good (see
 :func:`freeze_params`). ViTFreeze (arXiv 2312.02194, §3.2-3.3) adds a linear
 warm-up of every layer to its own peak ``lr_i(0)``.
 """
+import logging
 import math
+import weakref
 from typing import Iterable, List
 
 import torch
+from mmengine.logging import print_log
 from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 
 from mmum.registry import PARAM_SCHEDULERS
 
 SPACINGS = {'linear': 1, 'squared': 2, 'cubic': 3}
+# schedulers a FreezeOutHook looks after (kept out of the state dict)
+HOOKED = weakref.WeakSet()
 
 
 def freeze_params(optimizer, params: Iterable[torch.Tensor]) -> None:
@@ -149,6 +154,26 @@ class FreezeOutLR(_ParamScheduler):
         self.frozen_layers: List[int] = []
         super().__init__(optimizer, 'lr', begin, end, last_step, by_epoch,
                          verbose)
+        torch_optim = getattr(optimizer, 'optimizer', optimizer)
+        if hasattr(torch_optim, 'register_load_state_dict_pre_hook'):
+            torch_optim.register_load_state_dict_pre_hook(
+                self._check_frozen_before_load)
+
+    def _check_frozen_before_load(self, optimizer, state_dict):
+        """Before an optimizer state is loaded (resume): the layers frozen
+        when it was saved (absent from its groups) must be frozen already,
+        which :class:`mmum.FreezeOutHook` does; else torch would fail with
+        "different number of parameter groups"."""
+        saved = {g.get('layer_id') for g in state_dict.get('param_groups', [])}
+        ours = {g.get('layer_id') for g in optimizer.param_groups}
+        gone = sorted(i for i in ours - saved if i is not None)
+        if gone:
+            raise ValueError(
+                f'FreezeOutLR: the optimizer state being loaded was saved '
+                f'after layers {gone} froze, but they are not frozen here. '
+                "Add dict(type='mmum.FreezeOutHook') to custom_hooks: on "
+                'resume it freezes the saved layers before the optimizer '
+                'state is loaded (and keeps frozen layers in eval mode).')
 
     @classmethod
     def build_iter_from_epoch(cls, *args, warmup=0, begin=0, end=INF,
@@ -199,6 +224,12 @@ class FreezeOutLR(_ParamScheduler):
                 if self.t[i] < 1 and self.last_step >= self.t[i] * self.total
             ]
             if len(due) > len(self.frozen_layers):
+                if self not in HOOKED:
+                    print_log(  # tools/train.py stops such configs early
+                        'FreezeOutLR freezes layers but no mmum.FreezeOutHook'
+                        ' runs: add it to custom_hooks (frozen layers keep '
+                        'dropout / drop path, DDP and resume fail)',
+                        logger='current', level=logging.WARNING)
                 self.freeze_layers(due)
             for i, (group, lr) in enumerate(
                     zip(self.optimizer.param_groups, self._get_value())):

@@ -2,6 +2,7 @@ from mmpretrain.models import SwinTransformer
 
 from mmum.models.layers.conv_patch_merging import ConvPatchMerging
 from mmum.models.layers.cpb_window_attention import CPBShiftWindowMSA
+from mmum.models.pretrained import use_strict_pretrained
 from mmum.registry import MODELS
 from .pretrained_keys import check_pretrained_keys
 
@@ -34,6 +35,8 @@ class CPBSwinTransformer(SwinTransformer):
             raise ValueError(f"patch_merging must be 'linear' or 'conv', got "
                              f'{patch_merging!r}')
         super().__init__(*args, **kwargs)
+        # init_cfg type='Pretrained': mmum's strict version (pretrained.py)
+        self.init_cfg = use_strict_pretrained(self.init_cfg)
         if patch_merging == 'conv':
             for stage in self.stages:
                 if stage.downsample is not None:

@@ -104,7 +104,8 @@ class GreenSwinTransformer(SwinTransformer):
         s = self.total_stride
         if H % s or W % s:
             raise ValueError(f'image size {H}x{W} must be divisible by the '
-                             f'mask unit = encoder total stride {s}')
+                             f'mask unit = encoder total stride {s} (e.g. '
+                             f'{self.suggest_size(H)}x{self.suggest_size(W)})')
         if mask.dtype != torch.bool or mask.shape != (H // s, W // s):
             raise ValueError(
                 f'mask must be a bool tensor of shape {(H // s, W // s)} '
@@ -122,8 +123,26 @@ class GreenSwinTransformer(SwinTransformer):
                     f'neither a multiple of window_size {self.window_size} '
                     'nor covered by one window; Swin would pad it with '
                     'tokens that are not part of the image. Use an image '
-                    'size whose stage maps are multiples of the window.')
+                    'size whose stage maps are multiples of the window, '
+                    f'e.g. {self.suggest_size(H)}x{self.suggest_size(W)}.')
         return ~mask
+
+    def fits(self, side: int) -> bool:
+        """Whether an image side passes :meth:`_check_mask`: a multiple of
+        the total stride whose every stage map is a multiple of the window
+        or covered by one window."""
+        s, w = self.total_stride, self.window_size
+        return side > 0 and side % s == 0 and all(
+            n <= w or n % w == 0
+            for n in (side // s * 2**i for i in range(self.num_layers)))
+
+    def suggest_size(self, side: int) -> int:
+        """The image side nearest to ``side`` that :meth:`fits` (224 for
+        250 with window 7)."""
+        s = self.total_stride
+        return min((m * s for m in range(1, 2 * max(side, s) // s + 2 +
+                                         self.window_size)
+                    if self.fits(m * s)), key=lambda n: (abs(n - side), n))
 
     def _stage(self, stage, x, coords, hw):
         """Swin blocks of one stage on the visible tokens (B, N, C)."""

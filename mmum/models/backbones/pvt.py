@@ -20,6 +20,7 @@ from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models.utils import (build_2d_sincos_position_embedding,
                                      resize_pos_embed)
 
+from mmum.models.pretrained import use_strict_pretrained
 from mmum.registry import MODELS
 from .pretrained_keys import check_pretrained_keys
 
@@ -172,6 +173,8 @@ class PVT(BaseModule):
                  frozen_stages: int = -1,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
+        # init_cfg type='Pretrained': mmum's strict version (pretrained.py)
+        self.init_cfg = use_strict_pretrained(self.init_cfg)
         if isinstance(arch, str):
             if arch.lower() not in self.arch_zoo:
                 raise ValueError(f'PVT arch {arch!r} is not one of '

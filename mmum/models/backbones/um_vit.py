@@ -46,6 +46,11 @@ class UMViT(MAEViT):
         if sampling == 'UM' and not 0 < secondary_ratio < 1:
             raise ValueError(f'secondary_ratio must be in (0, 1) for UM, got '
                              f'{secondary_ratio!r}')
+        if sampling == 'RS' and not 0 < kwargs.get('mask_ratio', 0.75) < 1:
+            raise ValueError(
+                f"mask_ratio must be in (0, 1) for 'RS', got "
+                f"{kwargs['mask_ratio']!r}: the loss is taken on the dropped "
+                'patches (0 drops none) and the encoder needs sampled ones')
         if sampling != 'RS' and kwargs.get('mask_ratio', 0.75) != 0.75:
             raise ValueError(
                 f"sampling {sampling!r} keeps one patch of every 2x2 cell, so "
@@ -74,6 +79,11 @@ class UMViT(MAEViT):
         L = h * w
         if self.sampling == 'RS':
             n = int(L * (1 - self.mask_ratio))
+            if not 1 <= n < L:
+                raise ValueError(
+                    f'mask_ratio={self.mask_ratio} keeps {n} of the {L} '
+                    f'patches of a {h}x{w} grid; it must keep at least one '
+                    'and drop at least one')
             ids_shuffle = torch.rand(B, L, device=device).argsort(1)
         else:
             if h % 2 or w % 2:
@@ -115,6 +125,11 @@ class UMViT(MAEViT):
         if self.sampling == 'UM':
             n = ids_keep.shape[1]
             k = int(round(n * self.secondary_ratio))
+            if k == n:
+                raise ValueError(
+                    f'secondary_ratio={self.secondary_ratio} gives the mask '
+                    f'token to all {n} sampled patches; the encoder would '
+                    'see no pixel (round(n * ratio) must be < n)')
             secondary = torch.zeros(B, n, 1, dtype=torch.bool,
                                     device=x.device)
             secondary[torch.arange(B).view(-1, 1),

@@ -9,6 +9,7 @@ from mmpretrain.models.backbones.vision_transformer import \
 from mmpretrain.models.utils import build_2d_sincos_position_embedding
 from torch import nn
 
+from mmum.models.grid import sincos_positions
 from mmum.registry import MODELS
 
 
@@ -80,8 +81,13 @@ class LocalMIMDecoder(BaseModule):
                 ids_restore: torch.Tensor) -> torch.Tensor:
         """(B, 1 + L_vis, C) class + visible tokens, (B, N) restore order ->
         (B, out_h * out_w, out_channels)."""
-        x = self.embed(self.norm_in(x))  # (B, 1 + L_vis, D)
         B, N = ids_restore.shape
+        if N != self.grid[0] * self.grid[1]:
+            raise ValueError(
+                f'{type(self).__name__} was built for a {self.grid[0]}x'
+                f'{self.grid[1]} patch grid but got {N} patches; build it '
+                'for the grid of the images (the encoder\'s img_size)')
+        x = self.embed(self.norm_in(x))  # (B, 1 + L_vis, D)
         D = x.shape[-1]
         mask_tokens = self.mask_token.expand(B, N + 1 - x.shape[1], -1)
         patches = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (B, N, D)
@@ -90,10 +96,11 @@ class LocalMIMDecoder(BaseModule):
         x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed
         return self.decode(self.block(x)[:, 1:])
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) tokens of the patch grid -> (B, out_h * out_w,
-        out_channels)."""
-        x = self.norm(x).transpose(1, 2).reshape(x.shape[0], -1, *self.grid)
+    def decode(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        """(B, N, D) tokens of the patch ``grid`` (default: the built one)
+        -> (B, out_h * out_w, out_channels)."""
+        x = self.norm(x).transpose(1, 2).reshape(x.shape[0], -1,
+                                                 *(grid or self.grid))
         x = self.pred(self.resize(x))  # (B, out_channels, out_h, out_w)
         return x.flatten(2).transpose(1, 2)
 
@@ -105,7 +112,9 @@ class LocalMIMCompactDecoder(LocalMIMDecoder):
 
     The stage map is brought to one token per visible patch (space-to-depth
     where it is finer, repetition where it is coarser), and the tokens go
-    back to their places in the full patch grid among mask tokens.
+    back to their places in the full patch grid among mask tokens. It runs
+    at any image size: the grid and its sin-cos positions follow the input
+    (the output keeps its ratio ``out_size / grid``).
 
     Args:
         in_channels (int): Channels of the stage.
@@ -132,8 +141,13 @@ class LocalMIMCompactDecoder(LocalMIMDecoder):
             x = F.pixel_unshuffle(x, int(self.unit_ratio))
         elif self.unit_ratio < 1:
             x = F.interpolate(x, scale_factor=int(1 / self.unit_ratio))
+        # full patch grid of this input: one visible patch per 2x2 cell
+        grid = (2 * x.shape[-2], 2 * x.shape[-1])
         x = self.embed(self.norm_in(x.flatten(2).transpose(1, 2)))
         B, _, D = x.shape  # (B, N_vis, D)
-        full = self.mask_token.repeat(B, self.grid[0] * self.grid[1], 1)
+        full = self.mask_token.repeat(B, grid[0] * grid[1], 1)
         full = full.scatter(1, index[..., None].expand(-1, -1, D), x)
-        return self.decode(self.block(full + self.pos_embed[:, 1:]))
+        # fixed sin-cos positions, computed for another image size's grid
+        pos = self.pos_embed[:, 1:] if grid == self.grid else \
+            sincos_positions(grid, D).to(full)
+        return self.decode(self.block(full + pos), grid)

@@ -1,9 +1,10 @@
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmpretrain.models.necks import MAEPretrainDecoder
 
+from mmum.models.grid import sincos_positions
 from mmum.models.layers import blocks_at
 from mmum.registry import MODELS
 
@@ -42,27 +43,36 @@ class UMMAEPretrainDecoder(MAEPretrainDecoder):
         target_index: (B, M) patches to predict (default: all).
         Returns per-patch predictions (B, M or num_patches, p*p*3)."""
         x = F.pixel_shuffle(x, self.upscale_factor)  # B, C/r^2, h*r, w*r
+        grid = (2 * x.shape[2], 2 * x.shape[3])  # full grid: 2x2 cells/unit
         x = x.flatten(2).transpose(1, 2)  # B, N, C/r^2
-        return self.decode(self.decoder_embed(x), visible_index, target_index)
+        return self.decode(self.decoder_embed(x), visible_index, target_index,
+                           grid)
 
     def decode(self, x: torch.Tensor, visible_index: torch.Tensor,
-               target_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+               target_index: Optional[torch.Tensor] = None,
+               grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """Decoder blocks and prediction from the embedded units.
 
         x: (B, N, D) one token per visible patch, in ``visible_index`` order.
         With ``target_index`` the last block runs only the queries of those
         patches (:func:`~mmum.models.layers.block_at`): exactly the same
-        predictions there.
+        predictions there. ``grid``: the full patch grid (h, w), default the
+        square grid of ``num_patches``; the fixed sin-cos positions are
+        computed for any other grid, so the decoder runs at any image size.
         """
+        side = int(self.num_patches**.5)
+        grid = tuple(grid or (side, side))
         if x.shape[1] != visible_index.shape[1]:
             raise ValueError(
                 f'the encoder gives {x.shape[1]} units after PixelShuffle x'
                 f'{self.upscale_factor} but the mask has '
                 f'{visible_index.shape[1]} visible patches')
         B, N, D = x.shape
-        full = self.mask_token.to(x.dtype).expand(B, self.num_patches, D)
+        full = self.mask_token.to(x.dtype).expand(B, grid[0] * grid[1], D)
         full = full.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, D),
                             x)  # B, L, D
-        x = full + self.decoder_pos_embed[:, 1:]  # no class token
+        pos = self.decoder_pos_embed[:, 1:] if grid == (side, side) and \
+            side * side == self.num_patches else sincos_positions(grid, D)
+        x = full + pos.to(full)  # no class token
         x = blocks_at(self.decoder_blocks, x, target_index)  # B, L or M, D
         return self.decoder_pred(self.decoder_norm(x))  # B, L or M, p*p*3

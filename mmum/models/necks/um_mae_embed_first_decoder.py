@@ -33,5 +33,6 @@ class UMMAEEmbedFirstDecoder(UMMAEPretrainDecoder):
         x = self.decoder_embed(x.flatten(2).transpose(1, 2))  # B, h*w, r^2 D
         x = F.pixel_shuffle(x.transpose(1, 2).reshape(B, -1, h, w),
                             self.upscale_factor)  # B, D, h*r, w*r
+        grid = (2 * x.shape[2], 2 * x.shape[3])  # full grid: 2x2 cells/unit
         x = x.flatten(2).transpose(1, 2)  # B, N, D
-        return self.decode(x, visible_index, target_index)
+        return self.decode(x, visible_index, target_index, grid)

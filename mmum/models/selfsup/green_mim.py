@@ -14,6 +14,7 @@ from mmengine.dist import get_dist_info
 from mmpretrain.models import BaseSelfSupervisor, MAEPretrainDecoder
 from mmpretrain.structures import DataSample
 
+from mmum.models.grid import sincos_positions
 from mmum.models.layers import blocks_at
 from mmum.registry import MODELS
 
@@ -31,11 +32,13 @@ class GreenMIMDecoder(MAEPretrainDecoder):
         bool, True = masked. Returns (B, h*w, patch_size**2 * 3), or with
         ``masked_only`` (B, M, ...) for the masked units in row-major order,
         the only ones the loss reads: the last block then runs just their
-        queries (:func:`~mmum.models.layers.block_at`), same values."""
-        mask = mask.flatten()
-        if mask.numel() != self.num_patches:
-            raise ValueError(f'decoder is built for {self.num_patches} mask '
-                             f'units, got a mask of {mask.numel()}')
+        queries (:func:`~mmum.models.layers.block_at`), same values. Any
+        (h, w): the sin-cos positions are computed for the mask's grid."""
+        grid, mask = tuple(mask.shape), mask.flatten()
+        # fixed sin-cos positions, computed for a grid of another image size
+        pos = self.decoder_pos_embed[:, 1:] if mask.numel() == \
+            self.num_patches and grid[0] == grid[1] else sincos_positions(
+                grid, self.decoder_pos_embed.shape[-1])
         B = x.shape[0]
         x = self.decoder_embed(x)  # B, N_vis, D
         visible = (~mask).nonzero().squeeze(1)
@@ -45,7 +48,7 @@ class GreenMIMDecoder(MAEPretrainDecoder):
         restore = torch.argsort(torch.cat([visible, masked])).to(x.device)
         x = torch.cat(
             [x, self.mask_token.to(x.dtype).expand(B, len(masked), -1)], 1)
-        x = x[:, restore] + self.decoder_pos_embed[:, 1:]  # B, L, D
+        x = x[:, restore] + pos.to(x)  # B, L, D
         x = blocks_at(self.decoder_blocks, x,
                       masked.to(x.device).expand(B, -1) if masked_only else
                       None)  # B, L or M, D
@@ -62,7 +65,8 @@ class GreenMIM(BaseSelfSupervisor):
         head (dict): mmpretrain ``MAEPretrainHead`` config whose
             ``patch_size`` is the mask unit (target: per-unit normalised
             pixels; loss on masked units only).
-        mask_ratio (float): share of masked units, in [0, 1).
+        mask_ratio (float): share of masked units, in (0, 1): the loss is
+            taken on masked units, so at least one must be masked.
         mask_unit (int): mask unit in pixels; must equal the encoder's total
             stride (32 for Swin), so every stage sees whole units.
     """
@@ -75,8 +79,11 @@ class GreenMIM(BaseSelfSupervisor):
                  mask_unit: int = 32,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
-        if not 0 <= mask_ratio < 1:
-            raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
+        if not 0 < mask_ratio < 1:
+            raise ValueError(
+                f'GreenMIM: mask_ratio must be in (0, 1), got {mask_ratio!r}:'
+                ' the loss is taken on the masked units (0 masks none) and '
+                'the encoder needs visible ones (1 keeps none)')
         if isinstance(data_preprocessor, dict) or data_preprocessor is None:
             data_preprocessor = dict(data_preprocessor or {})
             data_preprocessor.setdefault('type',
@@ -108,13 +115,17 @@ class GreenMIM(BaseSelfSupervisor):
         H, W = inputs.shape[-2:]
         u = self.mask_unit
         if H % u or W % u:
+            fit = getattr(self.backbone, 'suggest_size', lambda n: n)
             raise ValueError(f'image size {H}x{W} must be divisible by the '
-                             f'mask unit {u}')
+                             f'mask unit {u}, e.g. {fit(H)}x{fit(W)}')
         h, w = H // u, W // u
         num_keep = int(h * w * (1 - self.mask_ratio))
-        if num_keep < 1:
-            raise ValueError(f'mask_ratio {self.mask_ratio} keeps no unit of '
-                             f'a {h}x{w} grid')
+        if not 1 <= num_keep < h * w:
+            raise ValueError(
+                f'GreenMIM: mask_ratio={self.mask_ratio} keeps {num_keep} of '
+                f'the {h * w} units of a {h}x{w} grid; it must keep at least '
+                'one and mask at least one (use a larger image or a ratio '
+                'further from 0 and 1)')
         rank, world_size = get_dist_info()
         noise = torch.rand(world_size, h * w)[rank]
         mask = torch.ones(h * w, dtype=torch.bool)

@@ -18,6 +18,7 @@ from mmpretrain.structures import DataSample
 from torch import nn
 
 from mmum.models.backbones.um_swin import UMSwinTransformer
+from mmum.models.grid import check_grid
 from mmum.registry import MODELS
 from .um_mae import UMMAE
 
@@ -50,8 +51,21 @@ class LocalMIMViT(MAEViT):
     """
 
     def __init__(self, out_indices: Sequence[int] = (1, 3, 9, 11), **kwargs):
+        ratio = kwargs.get('mask_ratio', 0.75)
+        if not 0 < ratio < 1:
+            raise ValueError(
+                f'LocalMIMViT: mask_ratio must be in (0, 1), got {ratio!r}: '
+                'the loss is taken on the masked patches (0 masks none, '
+                'every loss would be 0/0 = NaN) and the encoder needs '
+                'visible ones (1 keeps none)')
         super().__init__(out_indices=list(out_indices), final_norm=False,
                          **kwargs)
+        L = self.patch_resolution[0] * self.patch_resolution[1]
+        if not 1 <= int(L * (1 - ratio)) < L:
+            raise ValueError(
+                f'LocalMIMViT: mask_ratio={ratio} keeps '
+                f'{int(L * (1 - ratio))} of the {L} patches; it must keep '
+                'at least one and mask at least one')
 
     def init_weights(self) -> None:
         """MAE's initialisation, unless ``init_cfg`` loads a checkpoint:
@@ -77,6 +91,8 @@ class LocalMIMViT(MAEViT):
         the plain ViT features."""
         if not mask:
             return super().forward(x, mask=None)
+        check_grid(self, x.shape[-2:], self.patch_resolution,
+                   self.patch_embed.projection.stride)
         n_frozen = self.num_frozen_layers()
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and n_frozen == 0):
@@ -134,6 +150,7 @@ class LocalMIM(BaseSelfSupervisor):
         # decoder k is fed by layer decoder_layers[k] (get_layer_depth order)
         self.decoder_layers = tuple(i + 1 for i in out_indices)
         self.pruned_decoders = set()
+        self.decoder_loss_keys = {}  # decoder -> its key in the loss dict
 
     def decoders(self, neck: dict) -> List[nn.Module]:
         img = self.backbone.img_size
@@ -187,7 +204,8 @@ class LocalMIM(BaseSelfSupervisor):
                 weight = F.interpolate(mask, size=size, mode='nearest')
             else:  # fraction of masked patches in each coarse cell
                 weight = F.adaptive_avg_pool2d(mask, size)
-            losses[f'loss_{size[0]}x{size[1]}'] = self.head.loss(
+            self.decoder_loss_keys[k] = f'loss_{size[0]}x{size[1]}'
+            losses[self.decoder_loss_keys[k]] = self.head.loss(
                 pred, target.flatten(2).transpose(1, 2), weight.flatten(1))
         return losses
 
