@@ -274,3 +274,25 @@ def test_pretraining_encoder_loads_into_dense_backbone(enc, dense):
     with torch.no_grad():
         for a, b in zip(src(x), dst(x)):
             assert torch.equal(a, b)
+
+
+# -- issue 20 case 2: absolute position embedding resized on load ------------
+@pytest.mark.parametrize('name', ['CPBSwinTransformer', 'UMSwinTransformer'])
+def test_abs_pos_embed_resized_on_load(name):
+    """As mmpretrain's ``SwinTransformer``: a 224-px checkpoint loads into a
+    384-px model (strictly), the table resized bicubically like the
+    parent's own hook does for ``SwinTransformer``."""
+    torch.manual_seed(0)
+    kw = dict(arch=SWIN_ARCH, window_size=2, use_abs_pos_embed=True)
+    src = _perturbed(build(name, img_size=224, **kw))
+    dst = build(name, img_size=384, **kw)
+    swin = SwinTransformer(img_size=384, **kw)  # the reference resize
+    state = {k: v for k, v in src.state_dict().items()
+             if k == 'absolute_pos_embed' or k.startswith('patch_embed.')}
+    swin.load_state_dict(state, strict=False)
+    dst.load_state_dict(src.state_dict(), strict=True)
+    assert src.absolute_pos_embed.shape == (1, 56 * 56, 16)
+    assert dst.absolute_pos_embed.shape == (1, 96 * 96, 16)
+    assert torch.equal(dst.absolute_pos_embed, swin.absolute_pos_embed)
+    with torch.no_grad():
+        assert ev(dst)(torch.randn(1, 3, 64, 64))[0].shape == (1, 128, 2, 2)
