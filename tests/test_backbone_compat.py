@@ -148,14 +148,16 @@ def test_frozen_stages(name, frozen):
     assert model.stages[0].blocks[0].norm1.weight.grad is None
 
 
-@pytest.mark.parametrize('name', ['CPBSwinTransformer', 'UMSwinTransformer'])
+@pytest.mark.parametrize('name', ['CPBSwinTransformer', 'UMSwinTransformer',
+                                  'PVT', 'UMPVT'])
 def test_norm_eval_keeps_batchnorm_in_eval(name):
     """As mmpretrain's Swin test: BN norms everywhere, ``train()`` leaves
     them in eval mode with ``norm_eval=True`` (and in train mode without)."""
     bn = dict(type='BN')
+    extra = {} if name in PVTS else dict(
+        stage_cfgs=dict(block_cfgs=dict(norm_cfg=bn)))
     for norm_eval in (True, False):
-        model = build(name, norm_eval=norm_eval, norm_cfg=bn,
-                      stage_cfgs=dict(block_cfgs=dict(norm_cfg=bn)))
+        model = build(name, norm_eval=norm_eval, norm_cfg=bn, **extra)
         model.init_weights()
         model.train()
         bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
@@ -296,3 +298,74 @@ def test_abs_pos_embed_resized_on_load(name):
     assert torch.equal(dst.absolute_pos_embed, swin.absolute_pos_embed)
     with torch.no_grad():
         assert ev(dst)(torch.randn(1, 3, 64, 64))[0].shape == (1, 128, 2, 2)
+
+
+# -- issue 20 case 3: PVT's mmpretrain arguments and typed errors -------------
+def _grads(model, x):
+    model.zero_grad()
+    outs = model(x)
+    sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum()
+        for o in outs).backward()
+    return [o.detach() for o in outs], {
+        k: p.grad.clone() for k, p in model.named_parameters()
+        if p.grad is not None}
+
+
+@pytest.mark.parametrize('name', ['PVT', 'CPBSwinTransformer',
+                                  'GreenSwinTransformer'])
+def test_with_cp_dense_same_outputs_and_grads(name):
+    torch.manual_seed(0)
+    kw = dict(out_indices=(0, 1, 2, 3), drop_path_rate=0.)
+    plain = _perturbed(build(name, **kw))
+    ckpt = build(name, with_cp=True, **kw)
+    ckpt.load_state_dict(plain.state_dict())
+    assert all(b.with_cp for s in ckpt.stages for b in s.blocks)
+    x = torch.randn(2, 3, 64, 64)
+    (o1, g1), (o2, g2) = _grads(plain, x), _grads(ckpt, x)
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert g1.keys() == g2.keys() and len(g1) == len(
+        list(plain.parameters()))
+    for k in g1:
+        torch.testing.assert_close(g1[k], g2[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_pvt_pcpvt_arguments():
+    """``PCPVT``'s constructor arguments build a PVT and do what they say."""
+    model = build('PVT', drop_rate=0.1, attn_drop_rate=0.2, qkv_bias=False,
+                  norm_cfg=dict(type='LN', eps=1e-5), norm_after_stage=False)
+    block = model.stages[1].blocks[0]
+    assert block.attn.q.bias is None and block.attn.kv.bias is None
+    assert block.attn.attn_drop == 0.2 and block.attn.proj_drop.p == 0.1
+    assert model.drop_after_pos.p == 0.1 and block.mlp[-1].p == 0.1
+    assert block.norm1.eps == 1e-5 and model.norm3.eps == 1e-5
+    # defaults: the UM-MAE layout (qkv biases, LN eps 1e-6)
+    model = build('PVT')
+    assert model.stages[0].blocks[0].attn.q.bias is not None
+    assert model.norm3.eps == 1e-6
+    with pytest.raises(ValueError, match='norm_after_stage=True'):
+        build('PVT', norm_after_stage=True)
+
+
+@pytest.mark.parametrize('kw,match', [
+    (dict(sr_ratios=1), r'sr_ratios must be a list of 4 positive ints.*got 1'),
+    (dict(sr_ratios='8, 4, 2, 1'), r"sr_ratios .*got '8, 4, 2, 1'"),
+    (dict(sr_ratios=[8, 4, 2]), r'sr_ratios .*got \[8, 4, 2\]'),
+    (dict(sr_ratios=[8, 4, 2, 0.5]), r'sr_ratios'),
+    (dict(arch=3), r'PVT arch must be one of .* got 3'),
+    (dict(arch='huge'), r"PVT arch 'huge' is not one of"),
+    (dict(arch={**PVT_ARCH, 'mlp_ratios': 4}),
+     r"arch\['mlp_ratios'\] must be a list of 4 positive numbers.*got 4"),
+    (dict(arch={**PVT_ARCH, 'depths': [2, 2, 2]}),
+     r"arch\['depths'\] must be a list of 4 positive ints"),
+    (dict(arch={**PVT_ARCH, 'num_heads': '1248'}),
+     r"arch\['num_heads'\]"),
+    (dict(arch={k: v for k, v in PVT_ARCH.items() if k != 'mlp_ratios'}),
+     r'dict with keys'),
+])
+@pytest.mark.parametrize('name', ['PVT', 'UMPVT'])
+def test_pvt_wrongly_typed_arguments(name, kw, match):
+    """Issue 20 case 3: ``PVT('small', sr_ratios=1)`` used to fail with
+    ``TypeError: object of type 'int' has no len()``."""
+    with pytest.raises(ValueError, match=match):
+        build(name, **kw)
