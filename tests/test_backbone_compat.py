@@ -8,6 +8,7 @@ output shapes for odd input sizes, frozen stages (``requires_grad`` and
 and strict checkpoint round trips with the mmpretrain class where the
 parameter layouts are shared. Written for mmum; tiny archs, small images.
 """
+import inspect
 import math
 from itertools import chain
 
@@ -369,3 +370,136 @@ def test_pvt_wrongly_typed_arguments(name, kw, match):
     ``TypeError: object of type 'int' has no len()``."""
     with pytest.raises(ValueError, match=match):
         build(name, **kw)
+
+
+# -- issue 20 case 1: GreenSwinTransformer takes SwinTransformer's arguments --
+def test_green_swin_signature_is_swin_transformers():
+    """Every ``SwinTransformer`` constructor argument, same defaults."""
+    ours = inspect.signature(GreenSwinTransformer.__init__).parameters
+    theirs = inspect.signature(SwinTransformer.__init__).parameters
+    assert list(ours) == list(theirs)
+    for k, p in theirs.items():
+        assert ours[k].default == p.default, k
+    model = GreenSwinTransformer()
+    assert model.arch_settings == SwinTransformer.arch_zoo['tiny']
+    assert model.stages[3].blocks[1].attn.drop.drop_prob == pytest.approx(0.1)
+
+
+LN6 = dict(type='LN', eps=1e-6)
+# (GreenSwin arguments, the same model as mmpretrain Swin arguments)
+SWIN_ARGS = {
+    'img_size': (dict(img_size=128), None),
+    'patch_size': (dict(patch_size=2), None),
+    'in_channels': (dict(in_channels=1), None),
+    'window_size': (dict(window_size=4), None),
+    'drop_rate': (dict(drop_rate=0.1), None),
+    'drop_path_rate': (dict(drop_path_rate=0.3), None),
+    'out_indices': (dict(out_indices=(0, 2)), None),
+    'out_after_downsample': (dict(out_after_downsample=True,
+                                  out_indices=(0, 1, 2)), None),
+    'use_abs_pos_embed': (dict(use_abs_pos_embed=True), None),
+    'interpolate_mode': (dict(use_abs_pos_embed=True,
+                              interpolate_mode='bilinear'), None),
+    'with_cp': (dict(with_cp=True), None),
+    'frozen_stages': (dict(frozen_stages=1), None),
+    'norm_eval': (dict(norm_eval=True), None),
+    'pad_small_map': (dict(pad_small_map=True), None),
+    # GreenSwin's norm_cfg is the default of every LN (documented)
+    'norm_cfg': (dict(norm_cfg=LN6), dict(
+        norm_cfg=LN6, patch_cfg=dict(norm_cfg=LN6),
+        stage_cfgs=dict(block_cfgs=dict(norm_cfg=LN6),
+                        downsample_cfg=dict(norm_cfg=LN6)))),
+    'stage_cfgs': (dict(stage_cfgs=[dict(block_cfgs=dict(ffn_ratio=2.))] * 2
+                        + [dict(block_cfgs=[dict(ffn_ratio=3.)] * 2)] * 2),
+                   None),
+    'patch_cfg': (dict(patch_cfg=dict(norm_cfg=LN6)), None),
+    'init_cfg': (dict(init_cfg=dict(type='Constant', layer='Linear',
+                                    val=0.01)), None),
+}
+
+
+def _green_and_swin(green_kw, swin_kw):
+    torch.manual_seed(0)
+    base = dict(arch=SWIN_ARCH, window_size=2, out_indices=(0, 1, 2, 3))
+    green = GreenSwinTransformer(**{**base, **green_kw})
+    green.init_weights()
+    _perturbed(green)
+    swin = SwinTransformer(**{**base, **(swin_kw or green_kw)})
+    swin.load_state_dict(green.state_dict(), strict=True)
+    return ev(green), ev(swin)
+
+
+@pytest.mark.parametrize('arg', sorted(SWIN_ARGS))
+def test_green_swin_argument_dense_is_swin(arg):
+    """Each argument builds, and without a mask GreenSwin computes what
+    ``SwinTransformer`` with the same argument computes; with an
+    all-visible mask the visible-token path gives the same tokens (every
+    argument here applies to both paths at this size)."""
+    green, swin = _green_and_swin(*SWIN_ARGS[arg])
+    # (pad_small_map: no stage map at most the window, see below)
+    size = {'img_size': 128, 'patch_size': 32, 'window_size': 128,
+            'pad_small_map': 128}.get(arg, 64)
+    x = torch.randn(2, green.patch_embed.projection.in_channels, size, size)
+    with torch.no_grad():
+        dense, ref = green(x), swin(x)
+        s = green.total_stride
+        visible = green(x, torch.zeros(size // s, size // s, dtype=torch.bool))
+    assert len(dense) == len(ref) == len(visible)
+    for a, b, v in zip(dense, ref, visible):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(v, a.flatten(2).transpose(1, 2),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_green_swin_frozen_and_norm_eval_on_the_visible_path():
+    green = GreenSwinTransformer(arch=SWIN_ARCH, window_size=2,
+                                 frozen_stages=1, norm_eval=True,
+                                 norm_cfg=dict(type='BN'))
+    green.train()
+    assert not green.stages[1].training and green.stages[2].training
+    assert all(not m.training for m in green.modules()
+               if isinstance(m, _BatchNorm))
+    green = GreenSwinTransformer(arch=SWIN_ARCH, window_size=2,
+                                 frozen_stages=1)
+    green.train()
+    mask = torch.tensor([[False, True], [True, False]])
+    green(torch.randn(1, 3, 64, 64), mask)[-1].sum().backward()
+    assert green.stages[1].blocks[0].norm1.weight.grad is None
+    assert green.stages[2].blocks[0].norm1.weight.grad is not None
+
+
+def test_green_swin_dense_only_arguments_refused_on_the_visible_path():
+    x, mask = torch.randn(1, 3, 64, 64), torch.tensor([[False, True],
+                                                      [True, False]])
+    # stage 3 is 2x2 tokens, not larger than the window: Swin pads
+    green = GreenSwinTransformer(arch=SWIN_ARCH, window_size=4,
+                                 pad_small_map=True)
+    assert ev(green)(x)[0].shape == (1, 128, 2, 2)  # dense: padded windows
+    with pytest.raises(ValueError, match=r'pad_small_map=True: stage 2 .*'
+                       r'dense path \(mask=None\) only'):
+        green(x, mask)
+    green = GreenSwinTransformer(
+        arch=SWIN_ARCH, window_size=2,
+        stage_cfgs=[dict(block_cfgs=dict(window_size=4))] + [dict()] * 3)
+    with pytest.raises(ValueError, match=r'stage 0 has window size\(s\) \[4\]'
+                       r'.*dense path'):
+        green(x, mask)
+    green = GreenSwinTransformer(
+        arch=SWIN_ARCH, window_size=2,
+        stage_cfgs=dict(downsample_cfg=dict(kernel_size=3, stride=2)))
+    with pytest.raises(ValueError, match=r'stage 0 merges \(3, 3\) patches '
+                       r'with stride \(2, 2\).*kernel 2, stride 2'):
+        green(torch.randn(1, 3, 128, 128), torch.zeros(4, 4, dtype=bool))
+    with pytest.raises(ValueError, match='GroupWindowAttention'):
+        GreenSwinTransformer(arch=SWIN_ARCH, stage_cfgs=dict(
+            block_cfgs=dict(attn_cfgs=dict(window_msa=object))))
+
+
+def test_green_mim_configs_set_arch_and_drop_path():
+    """The new defaults (mmpretrain's 'tiny', 0.1) change nothing the
+    GreenMIM configs build: they set both."""
+    from mmengine.config import Config
+    for name, arch in [('swin_b_800e', 'base'), ('swin_l_800e', 'large')]:
+        cfg = Config.fromfile(f'configs/green_mim/{name}.py')
+        assert cfg.model.backbone.arch == arch
+        assert cfg.model.backbone.drop_path_rate == 0.0
