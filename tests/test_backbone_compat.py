@@ -503,3 +503,91 @@ def test_green_mim_configs_set_arch_and_drop_path():
         cfg = Config.fromfile(f'configs/green_mim/{name}.py')
         assert cfg.model.backbone.arch == arch
         assert cfg.model.backbone.drop_path_rate == 0.0
+
+
+# -- issue 20 Deliver 2: with_cp on the masked (pre-training) path ------------
+def _saved_bytes(fn, inputs):
+    """Bytes of the tensors autograd saves for the backward while ``fn``
+    runs (each storage once; the ``inputs`` batch, alive anyway, not
+    counted), and ``fn``'s result."""
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    seen.pop(inputs.untyped_storage().data_ptr(), None)
+    return sum(seen.values()), out
+
+
+def _masked_encoders():
+    from mmum.models.selfsup.local_mim import LocalMIMSwin
+    g = torch.Generator().manual_seed(1)
+    um_mask = (torch.rand(2, 4, 4, generator=g) < 0.25).float()
+    compact = dict(arch=SWIN_ARCH, window_size=8, img_size=64,
+                   drop_path_rate=0., out_indices=(0, 1, 2, 3))
+    return {
+        # name: (builder, input, forward kwargs); compact input 64 = 128 px
+        'UMSwinTransformer': (lambda **kw: UMSwinTransformer(
+            **compact, **kw), (2, 3, 64, 64), dict(mask=um_mask)),
+        'LocalMIMSwin': (lambda **kw: LocalMIMSwin(**compact, **kw),
+                         (2, 3, 64, 64), dict(mask=um_mask)),
+        'UMPVT': (lambda **kw: UMPVT(arch=PVT_ARCH, img_size=64,
+                                     out_indices=(0, 1, 2, 3), **kw),
+                  (2, 3, 64, 64), dict(mask=um_mask)),
+        'GreenSwinTransformer': (lambda **kw: GreenSwinTransformer(
+            arch=SWIN_ARCH, window_size=4, drop_path_rate=0.,
+            out_indices=(0, 1, 2, 3), **kw), (2, 3, 128, 128),
+            dict(mask=torch.rand(4, 4, generator=g) < 0.75)),
+        'LocalMIMViT': (lambda **kw: LocalMIMViT(
+            arch=VIT_ARCH, img_size=128, patch_size=16, out_indices=(1, 3),
+            **kw), (2, 3, 128, 128), dict(mask=True)),
+    }
+
+
+@pytest.mark.parametrize('name', sorted(_masked_encoders()))
+def test_with_cp_masked_path_same_loss_grads_less_saved(name):
+    """``with_cp=True`` on the pre-training path: the same outputs and
+    gradients (<= 1e-6) and fewer bytes saved for the backward."""
+    build_enc, shape, kw = _masked_encoders()[name]
+    torch.manual_seed(0)
+    plain = _perturbed(build_enc())
+    ckpt = build_enc(with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(*shape)
+    results = []
+    for model in (plain, ckpt):
+        model.train()
+        model.zero_grad()
+        torch.manual_seed(0)  # LocalMIMViT draws its mask
+        saved, outs = _saved_bytes(lambda: model(x, **kw), x)
+        if name == 'LocalMIMViT':
+            outs = outs[0]
+        # a mean, as the pre-training losses are
+        loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).mean()
+                   for o in outs)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters()
+                 if p.grad is not None}
+        results.append((saved, loss.detach(), grads))
+    (s1, l1, g1), (s2, l2, g2) = results
+    torch.testing.assert_close(l1, l2, rtol=0, atol=1e-6)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for k in g1:
+        diff = (g1[k] - g2[k]).abs().max().item()
+        assert diff <= 1e-6, (k, diff, g1[k].abs().max().item())
+    assert s2 < 0.5 * s1, (s1, s2)
+
+
+def test_local_mim_vit_with_cp_dense_and_final_norm():
+    model = build('LocalMIMViT', with_cp=True)
+    with torch.no_grad():  # feature extraction: nothing to checkpoint
+        assert model(torch.randn(1, 3, 64, 64), mask=None)[0].shape == (
+            1, 17, 32)
+    with pytest.raises(ValueError, match='checkpoints the masked path only'):
+        model(torch.randn(1, 3, 64, 64), mask=None)
+    with pytest.raises(ValueError, match='final_norm=True'):
+        build('LocalMIMViT', final_norm=True)

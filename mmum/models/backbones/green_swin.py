@@ -285,7 +285,7 @@ class GreenSwinTransformer(SwinTransformer):
             x = x + attn.drop(attn.w_msa(block.norm1(x), plan=plan))
             return block.ffn(block.norm2(x), identity=x)
 
-        if block.with_cp and x.requires_grad:
+        if block.with_cp and torch.is_grad_enabled():
             return cp.checkpoint(inner, x, use_reentrant=False)
         return inner(x)
 

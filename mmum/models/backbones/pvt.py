@@ -100,7 +100,7 @@ class PVTBlock(BaseModule):
             x = x + self.drop_path(self.attn(self.norm1(x), hw, pool))
             return x + self.drop_path(self.mlp(self.norm2(x)))
 
-        if self.with_cp and x.requires_grad:
+        if self.with_cp and torch.is_grad_enabled():
             return cp.checkpoint(inner, x, use_reentrant=False)
         return inner(x)
 
