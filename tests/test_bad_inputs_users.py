@@ -31,6 +31,10 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SWIN = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
 PVT_ARCH = dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 1, 1],
                 num_heads=[1, 1, 1, 2], mlp_ratios=[2, 2, 2, 2])
+TWINS_ARCH = dict(embed_dims=[8, 16, 32, 64], depths=[2, 2, 2, 2],
+                  num_heads=[1, 1, 2, 2], patch_sizes=[4, 2, 2, 2],
+                  strides=[4, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
+                  sr_ratios=[8, 4, 2, 1], window_sizes=[4, 4, 4, 4])
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -125,6 +129,10 @@ def test_prefix_that_matches_nothing_names_file_prefix_and_fix(tmp_path):
 def tiny_backbone(cfg_backbone):
     """A downstream config's backbone, shrunk (same type and options)."""
     cfg = copy.deepcopy(cfg_backbone)
+    if cfg['type'].split('.')[-1] in ('SVT', 'GreenTwins'):
+        cfg.update(arch=TWINS_ARCH)  # SVT takes any image size
+        cfg.pop('init_cfg')
+        return cfg
     arch = PVT_ARCH if 'PVT' in cfg['type'] else SWIN
     cfg.update(arch=arch, img_size=64)
     if 'window_size' in cfg:
@@ -183,7 +191,11 @@ def test_every_downstream_config_refuses_another_architecture(config,
              if k not in ('type', 'checkpoint', 'prefix')}
     backbone = tiny_backbone(cfg.model.backbone)
     torch.manual_seed(0)
-    if 'PVT' in backbone['type']:
+    if backbone['type'].split('.')[-1] in ('SVT', 'GreenTwins'):
+        wrong, _ = um_swin_checkpoint(tmp_path)
+        right = build(dict(type='mmum.GreenTwins', arch=TWINS_ARCH,
+                           norm_after_stage=backbone['norm_after_stage']))
+    elif 'PVT' in backbone['type']:
         wrong = build(FINETUNE_BACKBONES['CPBSwinTransformer'])
         right = build(dict(type='mmum.UMPVT', arch=PVT_ARCH, img_size=32))
     elif backbone['type'].startswith('mmpretrain'):

@@ -19,4 +19,14 @@ def test_demo_writes_checkpoint_and_png(tmp_path):
     w, h = Image.open(png).size
     assert w > 4 * 256 and h > 256  # 4 columns, several photos
     assert f'reconstruction : {png}' in out.stdout
+    # the watching hooks: pictures every iteration (interval iters // 2),
+    # the last one is the final picture; k-NN on crops labelled by photo
+    pics = tmp_path / 'reconstructions'
+    assert sorted(p.name for p in pics.iterdir()) == [
+        'iter_000001.png', 'iter_000002.png']
+    assert open(pics / 'iter_000002.png', 'rb').read() == open(
+        png, 'rb').read()
+    assert f'while training : {pics}/' in out.stdout
+    assert f'k-NN accuracy  : {tmp_path / "knn_eval.jsonl"}' in out.stdout
+    assert 'iter    2: top-1' in out.stdout
     assert 'Iter(train) [2/2]' in out.stdout + out.stderr

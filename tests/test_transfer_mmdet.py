@@ -9,7 +9,7 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from transfer_data import (CLASSES, PVT_TINY, ROOT, SWIN_TINY,
+from transfer_data import (CLASSES, PVT_TINY, ROOT, SWIN_TINY, TWINS_TINY,
                            assert_backbone_from, cache_root, cpu_norms,
                            make_coco, pretrain, run_cfg, set_loader,
                            shrink_pipeline)
@@ -27,6 +27,9 @@ CASES = {
     'mask_rcnn_3x': (
         'configs/mmdet/mask-rcnn_green_mim_swin_b_fpn_ms-crop-3x_coco.py',
         'swin', 'green_mim_swin', ['bbox', 'segm']),
+    'mask_rcnn_twins': (
+        'configs/mmdet/mask-rcnn_green_mim_twins_l_fpn_1x_coco.py', 'twins',
+        'green_mim_twins', ['bbox', 'segm']),
     'htcpp': ('configs/mmdet/htcpp_um_mae_swin_l_fpn_ms-36e_coco.py',
               'swin', 'um_mae_swin', ['bbox', 'segm']),
 }
@@ -60,8 +63,11 @@ def tiny_detector(case, checkpoint, data_root):
     path, arch, _, metrics = CASES[case]
     cfg = Config.fromfile(osp.join(ROOT, path))
     m = cfg.model
-    m.backbone.update(arch=SWIN_TINY if arch == 'swin' else PVT_TINY,
-                      img_size=SIZE)
+    if arch == 'twins':  # mmpretrain's SVT takes any image size
+        m.backbone.update(arch=TWINS_TINY, drop_path_rate=0.)
+    else:
+        m.backbone.update(arch=SWIN_TINY if arch == 'swin' else PVT_TINY,
+                          img_size=SIZE)
     m.backbone.init_cfg.checkpoint = checkpoint
     if m.backbone.type == 'mmpretrain.SwinTransformer':
         # the window of the tiny GreenMIM run (the real Swin-B recipe keeps
@@ -71,8 +77,9 @@ def tiny_detector(case, checkpoint, data_root):
     for part in ('rpn_head', 'roi_head', 'bbox_head', 'neck'):
         if part in m:
             _walk(m[part], _narrow)
-    m.neck.in_channels = [32, 64, 128, 256] if arch == 'swin' else \
-        PVT_TINY['embed_dims']
+    m.neck.in_channels = dict(swin=[32, 64, 128, 256],
+                              pvt=PVT_TINY['embed_dims'],
+                              twins=TWINS_TINY['embed_dims'])[arch]
     # a detector after 2 tiny steps scores ~0.01: keep every box, so that
     # CocoMetric has detections to score
     _walk(m.test_cfg, lambda d: d.update(score_thr=0.0) if 'score_thr' in d
@@ -116,7 +123,8 @@ def run_case(root, case):
     return results
 
 
-@pytest.mark.parametrize('case', ['gfl_swin', 'mask_rcnn_1x'])
+@pytest.mark.parametrize('case',
+                         ['gfl_swin', 'mask_rcnn_1x', 'mask_rcnn_twins'])
 def test_detector_trains_and_evaluates(root, case):
     run_case(root, case)
 

@@ -24,6 +24,11 @@ from _tiny_runs import ROOT, drop_new_default_scopes, make_imagenet_folder
 SWIN_TINY = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
 PVT_TINY = dict(embed_dims=[32, 32, 64, 64], depths=[1, 1, 2, 1],
                 num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
+# Twins-SVT with 4x4 windows: 128-px GreenMIM pre-training, any detector size
+TWINS_TINY = dict(embed_dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
+                  num_heads=[1, 2, 2, 4], patch_sizes=[4, 2, 2, 2],
+                  strides=[4, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
+                  sr_ratios=[8, 4, 2, 1], window_sizes=[4, 4, 4, 4])
 CLASSES = ('person', 'car')
 _CACHE = {}
 
@@ -218,7 +223,8 @@ def run_cfg(cfg, work_dir, iters=2, test=True):
 # -- short pre-training runs -------------------------------------------------
 def pretrain(kind, root):
     """A 2-iteration pre-training run through the Runner with the real config
-    of ``kind`` ('um_mae_swin', 'um_mae_pvt' or 'green_mim_swin') shrunk to a
+    of ``kind`` ('um_mae_swin', 'um_mae_pvt', 'green_mim_swin' or
+    'green_mim_twins') shrunk to a
     tiny encoder; returns the path of the checkpoint it wrote (the whole
     algorithm: ``backbone.``, ``neck.``, ``head.``)."""
     if kind in _CACHE:
@@ -226,7 +232,8 @@ def pretrain(kind, root):
     from mmengine.config import Config
     path = dict(um_mae_swin='configs/um_mae/swin_t_200e.py',
                 um_mae_pvt='configs/um_mae/pvt_s_200e.py',
-                green_mim_swin='configs/green_mim/swin_b_800e.py')[kind]
+                green_mim_swin='configs/green_mim/swin_b_800e.py',
+                green_mim_twins='configs/green_mim/twins_l_800e.py')[kind]
     cfg = Config.fromfile(osp.join(ROOT, path))
     data = osp.join(str(root), 'imagenet')
     if not osp.isdir(data):
@@ -240,9 +247,13 @@ def pretrain(kind, root):
         cfg.model.neck.update(embed_dim=64, decoder_embed_dim=64,
                               decoder_num_heads=4)
     else:  # GreenMIM at 128 px: 4x4 mask units of 32 px, 4x4 windows
-        cfg.model.backbone.update(arch=SWIN_TINY, img_size=128,
-                                  window_size=4)
-        cfg.model.neck.update(num_patches=16, embed_dim=256,
+        if kind == 'green_mim_twins':
+            cfg.model.backbone.arch = TWINS_TINY
+        else:
+            cfg.model.backbone.update(arch=SWIN_TINY, img_size=128,
+                                      window_size=4)
+        cfg.model.neck.update(num_patches=16, embed_dim=256 if kind ==
+                              'green_mim_swin' else 128,
                               decoder_embed_dim=64, decoder_num_heads=4)
         shrink_pipeline(cfg.train_dataloader.dataset.pipeline, 128)
     set_loader(cfg.train_dataloader, data)

@@ -3,11 +3,15 @@
 The photos are the ones scikit-image ships (no download). The run uses the
 real config ``configs/um_mae/swin_t_200e.py`` with only the data, batch size,
 schedule and (on CPU) precision overridden, writes a checkpoint, and draws
-original / mask / reconstruction for every photo.
+original / mask / reconstruction for every photo. While it trains,
+``mmum.ReconstructionHook`` draws the same pictures and ``mmum.KNNEvalHook``
+measures a weighted k-NN accuracy on crops of the photos labelled by photo
+(README "Watching a run").
 
     python tools/demo.py [--iters 60] [--work-dir work_dirs/demo]
 """
 import argparse
+import json
 import os
 import os.path as osp
 
@@ -35,7 +39,29 @@ def write_photos(folder: str) -> list:
     return paths
 
 
-def demo_cfg(work_dir: str, data_dir: str, iters: int, batch_size: int):
+def write_knn_set(photos: list, folder: str, train_per: int = 6,
+                  val_per: int = 3, seed: int = 0) -> str:
+    """A tiny labelled set in mmpretrain's CustomDataset layout: random
+    square crops (half the short side) of every photo, labelled by photo,
+    ``folder/{train,val}/<photo>/<i>.png``."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    for path in photos:
+        img = cv2.imread(path)
+        name = osp.splitext(osp.basename(path))[0]
+        side = min(img.shape[:2]) // 2
+        for split, n in (('train', train_per), ('val', val_per)):
+            os.makedirs(osp.join(folder, split, name), exist_ok=True)
+            for i in range(n):
+                y = rng.integers(img.shape[0] - side + 1)
+                x = rng.integers(img.shape[1] - side + 1)
+                cv2.imwrite(osp.join(folder, split, name, f'{i}.png'),
+                            img[y:y + side, x:x + side])
+    return folder
+
+
+def demo_cfg(work_dir: str, data_dir: str, iters: int, batch_size: int,
+             knn_dir: str = None, photos: list = ()):
     import torch
     from mmengine.config import Config
     cfg = Config.fromfile(
@@ -66,6 +92,20 @@ def demo_cfg(work_dir: str, data_dir: str, iters: int, batch_size: int):
         max_keep_ckpts=1)
     cfg.log_processor = dict(by_epoch=False)
     cfg.randomness = dict(seed=0)
+    # watching the run: the hooks commented out in the config, turned on
+    every = max(1, iters // 2)
+    if knn_dir:
+        cfg.custom_hooks.append(dict(
+            type='mmum.KNNEvalHook', by_epoch=False, interval=every,
+            train_dataset=dict(type='CustomDataset', data_root=knn_dir,
+                               data_prefix='train'),
+            val_dataset=dict(type='CustomDataset', data_root=knn_dir,
+                             data_prefix='val'),
+            img_size=128, batch_size=8, num_workers=0))
+    if photos:
+        cfg.custom_hooks.append(dict(
+            type='mmum.ReconstructionHook', by_epoch=False, interval=every,
+            images=list(photos)))
     return cfg
 
 
@@ -84,7 +124,9 @@ def main():
     work_dir = osp.abspath(args.work_dir)
     data_dir = osp.join(work_dir, 'photos')
     photos = write_photos(data_dir)
-    cfg = demo_cfg(work_dir, data_dir, args.iters, args.batch_size)
+    knn_dir = write_knn_set(photos, osp.join(work_dir, 'knn_photos'))
+    cfg = demo_cfg(work_dir, data_dir, args.iters, args.batch_size, knn_dir,
+                   photos)
     runner = Runner.from_cfg(cfg)
     runner.train()
 
@@ -92,9 +134,21 @@ def main():
     png = visualize_um_mae(runner.model, photos,
                            osp.join(work_dir, 'reconstruction.png'))
     ckpt = osp.join(work_dir, f'iter_{args.iters}.pth')
+    with open(osp.join(work_dir, 'knn_eval.jsonl')) as f:
+        knn = [json.loads(line) for line in f]
+    pics = sorted(os.listdir(osp.join(work_dir, 'reconstructions')))
     print('\n' + '=' * 70)
     print(f'checkpoint     : {ckpt}')
     print(f'reconstruction : {png}')
+    print(f'while training : {osp.join(work_dir, "reconstructions")}/ '
+          f'({", ".join(pics)}; also in {runner.log_dir}/vis_data)')
+    print(f'k-NN accuracy  : {osp.join(work_dir, "knn_eval.jsonl")} (also in '
+          'the log and vis_data/scalars.json); crops labelled by photo, '
+          f'{len(photos)} classes, chance {100 / len(photos):.1f} %:')
+    for row in knn:
+        print(f'                 iter {row["iter"]:>4}: top-1 '
+              f'{row["top1"]:5.1f} %, top-5 {row["top5"]:5.1f} % '
+              f'({row["time"]:.1f} s)')
     print(f'training log   : {runner.log_dir}')
     print('=' * 70)
 

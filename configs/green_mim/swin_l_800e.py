@@ -8,3 +8,7 @@ _base_ = './swin_b_800e.py'
 model = dict(
     backbone=dict(arch='large', window_size=14),
     neck=dict(embed_dim=1536))  # Swin-L stage-4 width
+
+# Watching the run: the commented-out hooks at the end of
+# ./swin_b_800e.py apply here too once uncommented there (this config
+# inherits its custom_hooks).

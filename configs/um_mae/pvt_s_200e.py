@@ -14,3 +14,7 @@ model = dict(
         drop_path_rate=0.0,
         out_indices=(3, )),
     neck=dict(embed_dim=512))
+
+# Watching the run: the commented-out hooks at the end of
+# ./swin_t_200e.py apply here too once uncommented there (this config
+# inherits its custom_hooks).

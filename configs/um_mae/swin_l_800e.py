@@ -30,3 +30,7 @@ param_scheduler = [
         convert_to_iter_based=True)
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=800)
+
+# Watching the run: the commented-out hooks at the end of
+# ./swin_t_200e.py apply here too once uncommented there (this config
+# inherits its custom_hooks).

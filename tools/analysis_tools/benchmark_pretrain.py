@@ -14,7 +14,8 @@ Pairs (``--methods`` selects rows by name, see ``--list``):
 
 - UM-MAE vs SimMIM, Swin-T and PVT-S, 256 px (UM-MAE paper, Table 3);
 - GreenMIM vs SimMIM, Swin-B, 224 px, window 7 (``--swin-l`` adds Swin-L,
-  window 14);
+  window 14; ``--twins-l`` adds Twins-L (SVT-L), whose GreenMIM encoder also
+  runs its convolutions sparsely);
 - LocalMIM ViT-B without freezing vs ViTFreeze (FreezeOut) at several
   points of its schedule (layers frozen and decoders pruned as they would
   be at that point).
@@ -69,6 +70,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mmum  # noqa: F401
 import mmum.models.backbones.green_swin as green_swin
+import mmum.models.backbones.green_twins as green_twins
 from mmum.engine.schedulers.freezeout import FreezeOutLR, freeze_params
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -112,6 +114,14 @@ ROWS = {
                             'greenmim', ref='simmim_swin_l',
                             targets=dict(time=2.7, mem=1 / 0.3,
                                          grouping=2.0)),
+    'simmim_twins_l': _row('SimMIM', 'Twins-L',
+                           'configs/simmim/twins_l_224_800e.py', 224,
+                           'simmim'),
+    'greenmim_twins_l': _row('GreenMIM', 'Twins-L',
+                             'configs/green_mim/twins_l_800e.py', 224,
+                             'greenmim', ref='simmim_twins_l',
+                             targets=dict(time=2.7, mem=1 / 0.3,
+                                          grouping=2.0)),
     'localmim_vit_b': _row('LocalMIM', 'ViT-B',
                            'configs/vitfreeze/local_mim_vit_b_100e.py', 224,
                            'localmim'),
@@ -127,9 +137,13 @@ ROWS = {
 PAIRS = [['simmim_swin_t', 'ummae_swin_t'], ['simmim_pvt_s', 'ummae_pvt_s'],
          ['simmim_swin_b', 'greenmim_swin_b'],
          ['simmim_swin_l', 'greenmim_swin_l'],
+         ['simmim_twins_l', 'greenmim_twins_l'],
          ['localmim_vit_b'] + [f'vitfreeze_vit_b@{t}'
                                for t in VITFREEZE_POINTS]]
-OPTIONAL = ('simmim_swin_l', 'greenmim_swin_l')  # only with --swin-l
+OPTIONAL = {  # rows run only with their flag (or named in --methods)
+    'swin_l': ('simmim_swin_l', 'greenmim_swin_l'),
+    'twins_l': ('simmim_twins_l', 'greenmim_twins_l'),
+}
 
 # --with-cp: the mmum pre-training encoders (Swin-L with --swin-l)
 WITH_CP_ROWS = ('ummae_swin_t', 'ummae_pvt_s', 'greenmim_swin_b',
@@ -141,6 +155,10 @@ WITH_CP_DEFAULT = ('ummae_swin_t', 'ummae_pvt_s', 'greenmim_swin_b',
 TINY_SWIN = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
 TINY_PVT = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                 num_heads=[1, 1, 2, 4], mlp_ratios=[4, 4, 4, 4])
+TINY_TWINS = dict(embed_dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
+                  num_heads=[1, 2, 4, 8], patch_sizes=[4, 2, 2, 2],
+                  strides=[4, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
+                  sr_ratios=[8, 4, 2, 1], window_sizes=[7, 7, 7, 7])
 TINY_VIT = dict(embed_dims=64, num_layers=12, num_heads=2,
                 feedforward_channels=128)
 TINY_DECODER = dict(decoder_embed_dim=64, decoder_num_heads=4)
@@ -149,10 +167,13 @@ TINY_DECODER = dict(decoder_embed_dim=64, decoder_num_heads=4)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--methods', nargs='+', metavar='ROW',
-                   help='rows to run (default: all but Swin-L); a pair '
+                   help='rows to run (default: all but Swin-L and '
+                   'Twins-L); a pair '
                    'runs interleaved when both of its rows are selected')
     p.add_argument('--swin-l', action='store_true',
                    help='add the GreenMIM / SimMIM Swin-L pair')
+    p.add_argument('--twins-l', action='store_true',
+                   help='add the GreenMIM / SimMIM Twins-L (SVT-L) pair')
     p.add_argument('--list', action='store_true', help='list the rows')
     p.add_argument('--batch-size', type=int, default=2)
     p.add_argument('--img-size', type=int, default=None,
@@ -216,9 +237,8 @@ def load_config(name: str, args) -> Config:
         bb.img_size = img // 2
         model.neck.num_patches = (img // model.patch_size)**2
     elif family == 'greenmim':
-        bb.img_size = img
         model.neck.num_patches = (img // model.mask_unit)**2
-    else:
+    if family != 'ummae' and not _is_twins(bb):  # SVT takes any size
         bb.img_size = img
     if 'window' in spec:  # SimMIM Swin-B/L from mmpretrain's 192-px recipe
         # a stage map smaller than the window is one window of the map's
@@ -246,10 +266,16 @@ def load_config(name: str, args) -> Config:
     return cfg
 
 
+def _is_twins(backbone_cfg) -> bool:
+    return backbone_cfg.type.split('.')[-1] in ('GreenTwins', 'SimMIMSVT')
+
+
 def tiny(cfg: Config, family: str) -> None:
     model = cfg.model
     bb = model.backbone
-    if bb.type.endswith('PVT'):
+    if _is_twins(bb):
+        bb.arch, width = TINY_TWINS, TINY_TWINS['embed_dims'][-1]
+    elif bb.type.endswith('PVT'):
         bb.arch, width = TINY_PVT, TINY_PVT['embed_dims'][-1]
     elif 'ViT' in bb.type:
         bb.arch, width = TINY_VIT, None
@@ -330,27 +356,39 @@ def make_batch(row: dict, args, batch_size: Optional[int] = None) -> dict:
 
 # ---------------------------------------------------------------- measuring
 class GroupingTimer:
-    """Wall time spent in GreenMIM's window grouping (``build_group_plan``,
-    which runs the optimal-grouping search) during a step."""
+    """Wall time spent planning GreenMIM's sparse computation during a step:
+    the window grouping (``build_group_plan``, which runs the
+    optimal-grouping search) and, for Twins, the index building of the
+    sparse convolutions."""
+    PLANNERS = ((green_swin, 'build_group_plan'),
+                (green_twins, 'build_group_plan'),
+                (green_twins, 'build_strided_index'),
+                (green_twins, 'build_neighbour_index'))
 
     def __init__(self):
         self.seconds = 0.
-        self._orig = green_swin.build_group_plan
+        self._orig = [getattr(m, n) for m, n in self.PLANNERS]
 
     def __enter__(self):
 
-        def timed(*a, **k):
-            start = time.perf_counter()
-            try:
-                return self._orig(*a, **k)
-            finally:
-                self.seconds += time.perf_counter() - start
+        def timer(fn):
 
-        green_swin.build_group_plan = timed
+            def timed(*a, **k):
+                start = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    self.seconds += time.perf_counter() - start
+
+            return timed
+
+        for (m, n), fn in zip(self.PLANNERS, self._orig):
+            setattr(m, n, timer(fn))
         return self
 
     def __exit__(self, *exc):
-        green_swin.build_group_plan = self._orig
+        for (m, n), fn in zip(self.PLANNERS, self._orig):
+            setattr(m, n, fn)
 
 
 def _sync(device):
@@ -802,7 +840,8 @@ def format_table(results: List[dict], args) -> str:
         'x columns: the reference row\'s value / this row\'s (> 1: cheaper)'
         ' from the measured values above; grouping %: share of the step '
         'spent in GreenMIM\'s build_group_plan (optimal grouping search + '
-        'index building)',
+        'index building; for Twins also the sparse convolutions\' index '
+        'building)',
     ]
     return '\n'.join(lines + [''] + notes + where_time_goes(results))
 
@@ -843,11 +882,14 @@ def cpu_name() -> str:
 
 
 def selected(args) -> List[List[str]]:
+    flagged = [n for flag, rows in OPTIONAL.items() if getattr(args, flag)
+               for n in rows]
+    optional = [n for rows in OPTIONAL.values() for n in rows]
     names = args.methods or [
-        n for n in ROWS if args.swin_l or n not in OPTIONAL
+        n for n in ROWS if n in flagged or n not in optional
     ]
-    if args.swin_l and args.methods:
-        names = list(names) + [n for n in OPTIONAL if n not in names]
+    if args.methods:
+        names = list(names) + [n for n in flagged if n not in names]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise ValueError(f'unknown rows {unknown}; choose from {list(ROWS)}')

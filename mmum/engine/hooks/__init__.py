@@ -5,3 +5,7 @@ __all__ += ['DecoderPruningHook', 'FreezeOutHook']
 from .nan_guard import NaNGuardHook  # noqa: E402
 from .safe_checkpoint import SafeCheckpointHook  # noqa: E402
 __all__ += ['NaNGuardHook', 'SafeCheckpointHook']
+from .knn_eval import KNNEvalHook  # noqa: E402
+__all__ += ['KNNEvalHook']
+from .reconstruction import ReconstructionHook  # noqa: E402
+__all__ += ['ReconstructionHook']

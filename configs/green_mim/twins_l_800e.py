@@ -1,0 +1,23 @@
+# GreenMIM, Twins-L (SVT-L), 800 epochs on ImageNet-1K at 224 px (Huang et
+# al. 2022, Table 2 "Ours, Twins-L", §4.1 recipe as for Swin): batch 2048 =
+# 8 GPUs x 256, AdamW blr 1.5e-4 x batch / 256, betas (0.9, 0.999), wd 0.05,
+# 40 warm-up epochs, cosine, AMP; 32-px batch-wise masks (ratio 0.75), a
+# one-block 512-d decoder and the normalised-pixel loss.
+#   tools/dist_train.sh configs/green_mim/twins_l_800e.py 8
+# The encoder runs on the visible tokens only: group window attention for
+# the locally-grouped attention, sparse convolutions for the patch
+# embeddings, the spatial reduction of the global attention and the PEG.
+# Its weights are plain mmpretrain SVT weights (same `norm_after_stage`).
+_base_ = './swin_b_800e.py'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmum.GreenTwins',
+        arch='large',
+        # Twins' classification layout: one norm after the last stage, the
+        # encoder output the decoder reads (as MAE's final norm)
+        norm_after_stage=[False, False, False, True],
+        drop_path_rate=0.0,
+        init_cfg=None),  # SVT's own init (trunc-normal Linear, fan-out conv)
+    neck=dict(embed_dim=1024))  # Twins-L stage-4 width

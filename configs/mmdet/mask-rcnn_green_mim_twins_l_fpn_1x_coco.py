@@ -1,0 +1,25 @@
+# Mask R-CNN + FPN on COCO with the GreenMIM Twins-L: the supervised Swin
+# recipe of configs/mmdet/mask-rcnn_green_mim_swin_b_fpn_1x_coco.py with
+# mmpretrain's SVT-L as the backbone. GreenMIM Twins weights are plain SVT
+# weights (same `norm_after_stage`, so they load strictly) taken from the
+# pre-training or fine-tuning checkpoint by their `backbone.` prefix:
+#   tools/dist_train.sh configs/mmdet/mask-rcnn_green_mim_twins_l_fpn_1x_coco.py 8 \
+#       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/twins_l_800e/epoch_800.pth
+_base_ = './mask-rcnn_green_mim_swin_b_fpn_1x_coco.py'
+
+pretrained = 'work_dirs/twins_l_800e/epoch_800.pth'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmpretrain.SVT',
+        arch='large',
+        norm_after_stage=[False, False, False, True],
+        drop_path_rate=0.2,
+        out_indices=(0, 1, 2, 3),
+        # mmum's strict Pretrained: refuses a checkpoint that leaves
+        # backbone weights random
+        init_cfg=dict(
+            type='Pretrained', _scope_='mmum', checkpoint=pretrained,
+            prefix='backbone.')),
+    neck=dict(in_channels=[128, 256, 512, 1024]))

@@ -1,0 +1,275 @@
+"""Twins-SVT that computes on the visible tokens only (GreenMIM, Twins-L).
+
+It *is* mmpretrain's ``SVT`` (same modules and parameter names, so a
+checkpoint loads into ``mmpretrain.models.SVT`` with ``strict=True`` and
+back); only the forward differs when a mask is given. The mask is shared by
+the micro-batch on the grid of the encoder's total stride (32 px, §3.5) and
+the encoder sees a sparse map: the visible tokens (B, N, C) and their grid
+positions, shared by the batch. Per stage (paper §3.2):
+
+- the patch embedding (a convolution with kernel = stride) is a sparse
+  strided convolution over the visible sites, then its LayerNorm;
+- locally-grouped self-attention (LSA, non-overlapping windows, no shift and
+  no position bias) is group window attention with the optimal grouping:
+  a token attends to the visible tokens of its own window;
+- global sub-sampled attention (GSA): the queries are the visible tokens, the
+  keys / values come from the spatial-reduction convolution (kernel = stride
+  = ``sr_ratio``) evaluated sparsely at the cells that hold visible tokens,
+  i.e. from the visible units only;
+- the position-encoding generator (PEG, a depth-wise 3x3 convolution plus
+  the input, after a stage's first block) is a submanifold convolution whose
+  masked neighbours count as zero.
+
+Every operation equals its dense counterpart on the zero-filled map read at
+the visible sites, restricted to visible keys (tests/test_green_twins.py).
+Without a mask it returns what ``SVT`` returns.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from mmpretrain.models import SVT
+from mmpretrain.models.backbones.twins import LSAEncoderLayer
+
+from mmum.registry import MODELS
+from ..layers.group_window_attention import build_group_plan
+from ..layers.sparse_conv import (build_neighbour_index, build_strided_index,
+                                  sparse_strided_conv, submanifold_dwconv3x3)
+
+
+def _heads(x: torch.Tensor, nh: int) -> torch.Tensor:
+    """(B, L, C) -> (B, nh, L, C/nh)."""
+    B, L, C = x.shape
+    return x.view(B, L, nh, C // nh).transpose(1, 2)
+
+
+def grouped_lsa(attn, x: torch.Tensor, plan) -> torch.Tensor:
+    """mmpretrain ``LocallyGroupedSelfAttention`` on visible tokens.
+
+    Args:
+        attn: the ``LocallyGroupedSelfAttention`` (its ``qkv``, ``proj``).
+        x: (B, N, C) visible tokens.
+        plan: ``GroupPlan`` of the tokens for unshifted windows.
+
+    Returns:
+        (B, N, C): each token attends to the visible tokens of its window.
+    """
+    B, N, C = x.shape
+    G, gs, nh = plan.allowed.shape[0], plan.group_size, attn.num_heads
+    qkv = attn.qkv(x)  # B, N, 3C (padding costs only inside the attention)
+    qkv = torch.cat([qkv, qkv.new_zeros(B, 1, 3 * C)], 1)[:, plan.index]
+    # B, G*gs, 3C -> 3, B, G*nh, gs, C/nh (groups folded into the heads)
+    qkv = qkv.view(B, G, gs, 3, nh, C // nh).permute(3, 0, 1, 4, 2, 5)
+    q, k, v = qkv.reshape(3, B, G * nh, gs, C // nh).unbind(0)
+    allowed = plan.allowed[:, None].expand(G, nh, gs, gs)
+    out = F.scaled_dot_product_attention(
+        q, k, v,
+        attn_mask=allowed.reshape(1, G * nh, gs, gs),
+        dropout_p=attn.attn_drop.p if attn.training else 0.,
+        scale=attn.scale)  # B, G*nh, gs, C/nh
+    out = out.view(B, G, nh, gs, C // nh).permute(0, 1, 3, 2, 4)
+    out = out.reshape(B, G * gs, C)[:, plan.slot]  # B, N, C
+    return attn.proj_drop(attn.proj(out))
+
+
+def sparse_gsa(attn, x: torch.Tensor,
+               sr_index: Optional[torch.Tensor]) -> torch.Tensor:
+    """mmpretrain ``GlobalSubsampledAttention`` on visible tokens.
+
+    Args:
+        attn: the ``GlobalSubsampledAttention``.
+        x: (B, N, C) visible tokens.
+        sr_index: (M, sr**2) index of the spatial-reduction convolution
+            (:func:`build_strided_index`), or None when ``sr_ratio == 1``.
+
+    Returns:
+        (B, N, C): attention of every visible query over the M sub-sampled
+        keys of the cells that hold visible tokens (N keys without
+        reduction).
+    """
+    nh = attn.num_heads
+    q = _heads(attn.q(x), nh)  # B, nh, N, C/nh
+    if sr_index is not None:
+        x = attn.norm(
+            sparse_strided_conv(x, sr_index, attn.sr.weight, attn.sr.bias))
+    k, v = attn.kv(x).chunk(2, -1)  # B, M, C each
+    # GSA has no qk_scale: the default head_dims ** -0.5, and its attn_drop
+    # is a probability (mmpretrain's MultiheadAttention)
+    out = F.scaled_dot_product_attention(
+        q, _heads(k, nh), _heads(v, nh),
+        dropout_p=attn.attn_drop if attn.training else 0.)  # B, nh, N, C/nh
+    out = attn.proj(out.transpose(1, 2).flatten(2))
+    return attn.out_drop(attn.proj_drop(out))
+
+
+@MODELS.register_module()
+class GreenTwins(SVT):
+    """Visible-only Twins-SVT encoder for GreenMIM.
+
+    Args:
+        arch, in_channels, out_indices, qkv_bias, drop_rate, attn_drop_rate,
+        drop_path_rate, norm_cfg, norm_after_stage, init_cfg: as in
+        mmpretrain's ``SVT``. The patch sizes must equal the strides
+        (non-overlapping patch embeddings, true for every SVT arch).
+    """
+
+    def __init__(self,
+                 arch='large',
+                 in_channels=3,
+                 out_indices=(3, ),
+                 qkv_bias=False,
+                 drop_rate=0.,
+                 attn_drop_rate=0.,
+                 drop_path_rate=0.,
+                 norm_cfg=dict(type='LN'),
+                 norm_after_stage=False,
+                 init_cfg=None):
+        super().__init__(arch, in_channels, out_indices, qkv_bias, drop_rate,
+                         attn_drop_rate, drop_path_rate, norm_cfg,
+                         norm_after_stage, init_cfg)
+        if list(self.patch_sizes) != list(self.strides):
+            raise ValueError(f'GreenTwins needs patch_sizes == strides '
+                             f'(non-overlapping patch embeddings), got '
+                             f'{self.patch_sizes} and {self.strides}')
+        # a mask unit covers exactly one token of the last stage
+        self.total_stride = math.prod(self.strides)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        """Args:
+            x: images (B, 3, H, W).
+            mask: None, or a bool map (H/stride, W/stride) shared by the
+                batch, True = masked unit of ``total_stride`` pixels.
+
+        Returns:
+            Without mask: SVT's dense maps (B, C_i, H_i, W_i).
+            With mask: per ``out_indices`` the visible tokens (B, N_i, C_i)
+            after ``norm_after_stage{i}``, row-major over the visible
+            positions of stage i; at the last stage token k is the k-th
+            visible unit of ``(~mask).flatten()``.
+
+        Raises:
+            ValueError: a mask of the wrong dtype / shape or hiding every
+            unit, or an image side that is not a multiple of the total
+            stride or whose stage maps are not multiples of the windows
+            (the message names the nearest size that works).
+        """
+        if mask is None:
+            return super().forward(x)
+        keep = self._check_mask(x, mask)
+        B, C, H, W = x.shape
+        # the image as a sparse map of its visible pixels; positions and
+        # indices are computed where the mask lives (the host for GreenMIM's
+        # draw) and only index tensors move to the device: no sync
+        f = self.total_stride
+        coords = keep.repeat_interleave(f, 0).repeat_interleave(f, 1).nonzero()
+        x = x.flatten(2)[:, :, (coords[:, 0] * W + coords[:, 1]).to(
+            x.device)].transpose(1, 2)  # B, N_pixels, 3
+        hw = (H, W)
+        outs = []
+        for i in range(self.num_stage):
+            x, coords, hw = self._stage(i, x, coords, hw)
+            x = getattr(self, f'norm_after_stage{i}')(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def get_layer_depth(self, param_name: str, prefix: str = ''):
+        """Layer-wise lr decay depth (``SVT`` has none): the first patch
+        embedding 0; block j of stage i ``sum(depths[:i]) + j + 1``, the
+        stage's patch embedding and PEG going with its first block; the
+        stage norms and anything outside the backbone last.
+
+        Returns:
+            ``(layer_id, num_layers)`` with ``num_layers = sum(depths) + 2``.
+        """
+        num_layers = sum(self.depths) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        parts = param_name[len(prefix):].split('.')
+        if parts[0] in ('patch_embeds', 'position_encodings', 'stages'):
+            i = int(parts[1])
+            j = int(parts[2]) if parts[0] == 'stages' else 0
+            if parts[0] == 'patch_embeds' and i == 0:
+                return 0, num_layers
+            return sum(self.depths[:i]) + j + 1, num_layers
+        return num_layers - 1, num_layers
+
+    def _check_mask(self, x, mask):
+        H, W = x.shape[-2:]
+        s = self.total_stride
+        hint = f'e.g. {self.suggest_size(H)}x{self.suggest_size(W)}'
+        if H % s or W % s:
+            raise ValueError(f'image size {H}x{W} must be divisible by the '
+                             f'mask unit = encoder total stride {s} ({hint})')
+        if mask.dtype != torch.bool or mask.shape != (H // s, W // s):
+            raise ValueError(
+                f'mask must be a bool tensor of shape {(H // s, W // s)} '
+                f'(one entry per {s}x{s} unit), got {mask.dtype} '
+                f'{tuple(mask.shape)}')
+        if bool(mask.all()):
+            raise ValueError('mask hides every unit; keep at least one')
+        stride = 1
+        for i, ws in enumerate(self.window_sizes):
+            stride *= self.strides[i]
+            side = (H // stride, W // stride)
+            if side[0] % ws or side[1] % ws:
+                raise ValueError(
+                    f'stage {i} map {side[0]}x{side[1]} (image {H}x{W}) is '
+                    f'not a multiple of window size {ws}; SVT would pad it '
+                    'with tokens that are not part of the image. Use an '
+                    'image size whose stage maps are multiples of the '
+                    f'windows, {hint}.')
+        return ~mask
+
+    def fits(self, side: int) -> bool:
+        """Whether an image side passes :meth:`_check_mask`: a multiple of
+        the total stride whose every stage map is a multiple of its
+        window."""
+        stride, ok = 1, side > 0 and side % self.total_stride == 0
+        for s, ws in zip(self.strides, self.window_sizes):
+            stride *= s
+            ok = ok and (side // stride) % ws == 0
+        return ok
+
+    def suggest_size(self, side: int) -> int:
+        """The image side nearest to ``side`` that :meth:`fits` (224 for
+        250 with the 7x7 windows of every SVT arch)."""
+        s = self.total_stride
+        top = (max(side, s) // s + 1) * max(self.window_sizes) * 2
+        return min((m * s for m in range(1, top + 1) if self.fits(m * s)),
+                   key=lambda n: (abs(n - side), n))
+
+    def _stage(self, i, x, coords, hw):
+        """Stage ``i`` on the sparse map x (B, N, C_in) at ``coords`` of the
+        map ``hw``. Returns its tokens (B, N', C_i), coords and map size."""
+        dev = x.device
+        embed = self.patch_embeds[i]
+        index, coords, hw = build_strided_index(coords, hw, self.strides[i])
+        x = sparse_strided_conv(x, index.to(dev), embed.projection.weight,
+                                embed.projection.bias)  # B, N', C_i
+        x = self.position_encoding_drops[i](embed.norm(x))
+        C = x.shape[-1]
+
+        # index tensors, built once per stage and step on the host
+        plan = build_group_plan(coords, self.window_sizes[i], 0, C).to(dev)
+        sr = self.sr_ratios[i]
+        sr_index = None if sr == 1 else build_strided_index(
+            coords, hw, sr)[0].to(dev)
+        neighbours = build_neighbour_index(coords, hw).to(dev)
+
+        for j, blk in enumerate(self.stages[i]):
+            if isinstance(blk, LSAEncoderLayer):
+                y = grouped_lsa(blk.attn, blk.norm1(x), plan)
+            else:
+                y = sparse_gsa(blk.attn, blk.norm1(x), sr_index)
+            x = x + blk.drop_path(y)
+            x = x + blk.drop_path(blk.ffn(blk.norm2(x)))
+            if j == 0:  # PEG: x + depth-wise 3x3 conv of the sparse map
+                peg = self.position_encodings[i].proj
+                x = x + submanifold_dwconv3x3(x, neighbours, peg.weight,
+                                              peg.bias)
+        return x, coords, hw
+
+
+__all__ = ['GreenTwins', 'grouped_lsa', 'sparse_gsa']
