@@ -14,11 +14,12 @@ from itertools import chain
 
 import pytest
 import torch
-from mmpretrain.models import MAEViT, SwinTransformer, VisionTransformer
+from mmpretrain.models import SVT, MAEViT, SwinTransformer, VisionTransformer
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmum.models.backbones import (PVT, UMPVT, CPBSwinTransformer,
                                    GreenSwinTransformer, UMSwinTransformer)
+from mmum.models.backbones.green_twins import GreenTwins
 from mmum.models.selfsup.local_mim import LocalMIMViT
 
 SWIN_ARCH = dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4])
@@ -26,6 +27,10 @@ PVT_ARCH = dict(embed_dims=[16, 32, 32, 64], depths=[2, 1, 2, 1],
                 num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
 VIT_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2,
                 feedforward_channels=64)
+TWINS_ARCH = dict(embed_dims=[16, 32, 32, 64], depths=[2, 2, 2, 2],
+                  num_heads=[1, 2, 2, 4], patch_sizes=[4, 2, 2, 2],
+                  strides=[4, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
+                  sr_ratios=[8, 4, 2, 1], window_sizes=[2, 2, 2, 2])
 
 SWINS = {
     'CPBSwinTransformer': CPBSwinTransformer,
@@ -42,13 +47,15 @@ def build(name, **kw):
         return SWINS[name](**kw)
     if name in PVTS:
         return PVTS[name](**{'arch': PVT_ARCH, 'img_size': 64, **kw})
+    if name == 'GreenTwins':
+        return GreenTwins(**{'arch': TWINS_ARCH, 'qkv_bias': True, **kw})
     assert name == 'LocalMIMViT'
     return LocalMIMViT(**{'arch': VIT_ARCH, 'img_size': 64, 'patch_size': 16,
                           'out_indices': (1, 3), **kw})
 
 
 HIER = [*SWINS, *PVTS]  # four-stage pyramids
-ALL = [*HIER, 'LocalMIMViT']
+ALL = [*HIER, 'LocalMIMViT', 'GreenTwins']
 
 
 @pytest.fixture(autouse=True)
@@ -173,6 +180,9 @@ def _drop_probs(model):
     if isinstance(model, PVT):
         blocks = chain(*[s.blocks for s in model.stages])
         return [(getattr(b.drop_path, 'drop_prob', 0.), ) for b in blocks]
+    if isinstance(model, SVT):
+        return [(getattr(b.drop_path, 'drop_prob', 0.), )
+                for b in chain(*model.stages)]
     return [(getattr(layer.ffn.dropout_layer, 'drop_prob', 0.), )
             for layer in model.layers]
 
@@ -243,6 +253,28 @@ def test_green_swin_round_trip_with_mmpretrain_swin():
     with torch.no_grad():
         for a, b, c in zip(green(x), swin(x), back(x)):
             assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize('size', [(64, 64), (97, 130)])
+def test_green_twins_is_svt(size):
+    """GreenTwins' layout is mmpretrain's SVT: strict both ways, the same
+    dense outputs, also at odd sizes."""
+    torch.manual_seed(0)
+    kw = dict(arch=TWINS_ARCH, qkv_bias=True, out_indices=(0, 1, 2, 3),
+              norm_after_stage=True)
+    green = ev(_perturbed(GreenTwins(**kw)))
+    svt = ev(SVT(**kw))
+    svt.load_state_dict(green.state_dict(), strict=True)
+    back = GreenTwins(**kw)
+    back.load_state_dict(svt.state_dict(), strict=True)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        outs = green(x)
+        for i, (a, b) in enumerate(zip(outs, svt(x))):
+            assert torch.equal(a, b)
+            s = 4 * 2**i
+            assert a.shape[2:] == (math.ceil(size[0] / s),
+                                   math.ceil(size[1] / s))
 
 
 @pytest.mark.parametrize('ref', [MAEViT, VisionTransformer])
@@ -542,6 +574,10 @@ def _masked_encoders():
             arch=SWIN_ARCH, window_size=4, drop_path_rate=0.,
             out_indices=(0, 1, 2, 3), **kw), (2, 3, 128, 128),
             dict(mask=torch.rand(4, 4, generator=g) < 0.75)),
+        'GreenTwins': (lambda **kw: GreenTwins(
+            arch=TWINS_ARCH, qkv_bias=True, out_indices=(0, 1, 2, 3), **kw),
+            (2, 3, 128, 128),
+            dict(mask=torch.rand(4, 4, generator=g) < 0.75)),
         'LocalMIMViT': (lambda **kw: LocalMIMViT(
             arch=VIT_ARCH, img_size=128, patch_size=16, out_indices=(1, 3),
             **kw), (2, 3, 128, 128), dict(mask=True)),
@@ -591,3 +627,11 @@ def test_local_mim_vit_with_cp_dense_and_final_norm():
         model(torch.randn(1, 3, 64, 64), mask=None)
     with pytest.raises(ValueError, match='final_norm=True'):
         build('LocalMIMViT', final_norm=True)
+
+
+def test_green_twins_with_cp_dense_path():
+    model = build('GreenTwins', with_cp=True)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, 64, 2, 2)
+    with pytest.raises(ValueError, match='checkpoints the visible-token'):
+        model(torch.randn(1, 3, 64, 64))

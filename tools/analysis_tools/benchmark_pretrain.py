@@ -145,9 +145,10 @@ OPTIONAL = {  # rows run only with their flag (or named in --methods)
     'twins_l': ('simmim_twins_l', 'greenmim_twins_l'),
 }
 
-# --with-cp: the mmum pre-training encoders (Swin-L with --swin-l)
+# --with-cp: the mmum pre-training encoders (Swin-L / Twins-L with
+# --swin-l / --twins-l)
 WITH_CP_ROWS = ('ummae_swin_t', 'ummae_pvt_s', 'greenmim_swin_b',
-                'greenmim_swin_l', 'localmim_vit_b')
+                'greenmim_swin_l', 'greenmim_twins_l', 'localmim_vit_b')
 WITH_CP_DEFAULT = ('ummae_swin_t', 'ummae_pvt_s', 'greenmim_swin_b',
                    'localmim_vit_b')
 
@@ -912,7 +913,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     if args.with_cp:
         names = [n for n in WITH_CP_ROWS
                  if n in (args.methods or WITH_CP_DEFAULT) or
-                 (args.swin_l and 'swin_l' in n)]
+                 (args.swin_l and 'swin_l' in n) or
+                 (args.twins_l and 'twins_l' in n)]
         unknown = set(args.methods or ()) - set(WITH_CP_ROWS)
         if unknown or not names:
             raise ValueError(f'--with-cp rows are {WITH_CP_ROWS}; got '
