@@ -155,7 +155,12 @@ def test_overfit_one_batch_and_load_into_mmpretrain_swin(tmp_path):
     state = torch.load(path)['state_dict']
     backbone = {k[len('backbone.'):]: v for k, v in state.items()
                 if k.startswith('backbone.')}
-    swin = SwinTransformer(arch=NANO, img_size=128, window_size=4)
+    ln = dict(type='LN', eps=1e-6)  # the config's eps, as in fine-tuning
+    swin = SwinTransformer(
+        arch=NANO, img_size=128, window_size=4, norm_cfg=ln,
+        patch_cfg=dict(norm_cfg=ln),
+        stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln),
+                        downsample_cfg=dict(norm_cfg=ln)))
     swin.load_state_dict(backbone, strict=True)
     model.eval()
     swin.eval()

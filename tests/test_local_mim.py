@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,39 +46,146 @@ def tiny_local_mim(**backbone):
     return model
 
 
-def naive_hog(img, cell, nbins=9):
-    """Per-pixel loops: the reference for the vectorised HOG."""
+def numpy_hog(img, cell, nbins=9):
+    """Independent reference written from the released conventions: per
+    pixel of a (3, H, W) array, in float64, each cell size on its own.
+    Sobel with reflected border (gx = left - right, gy = top - bottom,
+    weights 1, 2, 1), angle atan2(gx, gy) from the y-axis, hard bin =
+    integer part of angle / pi * nbins wrapped into [0, nbins), magnitude
+    summed per (channel, bin, cell), L2 per (channel, cell)."""
+    img = np.asarray(img, dtype=np.float64)
     C, H, W = img.shape
-    p = torch.nn.functional.pad(img[None], (1, 1, 1, 1), mode='reflect')[0]
-    out = torch.zeros(C, nbins, H // cell, W // cell)
+    p = np.pad(img, ((0, 0), (1, 1), (1, 1)), mode='reflect')
+    w = np.array([1., 2., 1.])
+    out = np.zeros((C, nbins, H // cell, W // cell))
+    ys, xs = np.mgrid[0:H, 0:W]
     for c in range(C):
-        for y in range(H):
-            for x in range(W):
-                win = p[c, y:y + 3, x:x + 3]
-                gx = (win[:, 0] - win[:, 2]) @ torch.tensor([1., 2., 1.])
-                gy = (win[0] - win[2]) @ torch.tensor([1., 2., 1.])
-                ang = math.atan2(gy, gx)  # unsigned: fold into [0, pi)
-                ang = ang + math.pi if ang < 0 else ang
-                ang = ang - math.pi if ang >= math.pi else ang
-                b = min(int(ang / math.pi * nbins), nbins - 1)
-                out[c, b, y // cell, x // cell] += math.hypot(gx, gy)
-    norm = out.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    return (out / norm).flatten(0, 1)
+        # 3x3 window of every pixel: win[y, x, i, j] = p[c, y + i, x + j]
+        win = np.lib.stride_tricks.sliding_window_view(p[c], (3, 3))
+        gx = (win[..., :, 0] - win[..., :, 2]) @ w
+        gy = (win[..., 0, :] - win[..., 2, :]) @ w
+        bins = np.floor(np.arctan2(gx, gy) / np.pi * nbins).astype(
+            np.int64) % nbins
+        np.add.at(out[c], (bins, ys // cell, xs // cell), np.hypot(gx, gy))
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.maximum(norm, 1e-12)).reshape(C * nbins, H // cell,
+                                                    W // cell), norm[:, 0]
 
 
-def test_hog_matches_naive_reference():
-    torch.manual_seed(0)
-    img = torch.rand(2, 3, 16, 16)
-    hog = HOGTarget(cell_sizes=(4, 8, 16))
+def photo(size=224, normalise=True):
+    """A real photo (skimage's astronaut, centre crop), by default as the
+    model gets it: through the ImageNet mean / std data preprocessor of the
+    configs; else its integer RGB values as floats."""
+    from mmpretrain.models import SelfSupDataPreprocessor
+    from skimage import data
+    img = torch.from_numpy(data.astronaut()[144:144 + size,
+                                            144:144 + size].copy())
+    img = img.permute(2, 0, 1)[None]  # (1, 3, H, W) RGB
+    if not normalise:
+        return img.float()
+    prep = SelfSupDataPreprocessor(mean=[123.675, 116.28, 103.53],
+                                   std=[58.395, 57.12, 57.375], to_rgb=True)
+    bgr = img[:, [2, 1, 0]]  # as loaded by mmcv
+    return prep(dict(inputs=bgr, data_samples=None))['inputs']
+
+
+def test_hog_matches_numpy_reference_on_a_photo():
+    """<= 1e-5 at every scale of ViT-B's 224² layout (56², 28², 14², 7²)
+    on the normalised photo; cells without any gradient are left out."""
+    img = photo()  # (1, 3, 224, 224), normalised
+    hog = HOGTarget()
     targets = hog(img)
+    assert [tuple(t.shape) for t in targets] == [(1, 27, 56, 56),
+                                                 (1, 27, 28, 28),
+                                                 (1, 27, 14, 14),
+                                                 (1, 27, 7, 7)]
+    for t, cell in zip(targets, hog.cell_sizes):
+        ref, norm = numpy_hog(img[0].numpy(), cell)
+        keep = np.repeat(norm > 0, 9, axis=0)  # (27, h, w)
+        assert keep.mean() > 0.9
+        err = np.abs(t[0].numpy() - ref)[keep].max()
+        assert err <= 1e-5, (cell, err)
+
+
+@pytest.mark.parametrize('edge,bin_', [('vertical', 4), ('horizontal', 0),
+                                       ('diagonal', 2)])
+def test_hog_synthetic_edges(edge, bin_):
+    """A vertical edge (intensity changing along x) lands in bin 4, a
+    horizontal one (changing along y) in bin 0, a diagonal one in bin 2,
+    in every colour channel that carries it; the flat channel has none."""
+    y, x = torch.meshgrid(torch.arange(32.), torch.arange(32.),
+                          indexing='ij')
+    step = dict(vertical=x >= 13, horizontal=y >= 13,
+                diagonal=x + y >= 29)[edge].float()
+    img = torch.stack([step, torch.full_like(step, .3), -2 * step])[None]
+    for t in HOGTarget(cell_sizes=(4, 8, 16, 32))(img):
+        t = t[0].unflatten(0, (3, 9))  # (channel, bin, h, w)
+        assert not t[1].any()  # the flat channel
+        # cells off the image border: the reflected border bends a
+        # diagonal edge there (its border pixels see a vertical one)
+        n = t.shape[-1]
+        inner = torch.zeros(n, n, dtype=torch.bool)
+        inner[1:-1, 1:-1] = True
+        for c in (0, 2):
+            hit = t[c].sum(0) > 0  # cells the edge passes through
+            assert hit.any() and (inner & hit).any() == (n > 2)
+            assert (t[c].argmax(0)[hit] == bin_).all()
+            one_hot = hit & inner if edge == 'diagonal' else hit
+            torch.testing.assert_close(t[c, bin_][one_hot],
+                                       torch.ones(int(one_hot.sum())))
+            assert not t[c][:, ~hit].any()
+    # the opposite edge (dark to bright the other way) shares the bin
+    flipped = HOGTarget(cell_sizes=(8, ))(-img)[0]
+    torch.testing.assert_close(
+        flipped, HOGTarget(cell_sizes=(8, ))(img)[0])
+
+
+def test_hog_is_mmpretrain_maskfeat_hog():
+    """mmpretrain's MaskFeat HOGGenerator with no Gaussian window has the
+    same conventions: equal targets where its output can express them."""
+    from mmpretrain.models import HOGGenerator
+
+    # integer pixel values: its float32 Sobel is then exact too (on real
+    # values float32 leaves +-1e-7 where a gradient is 0, which moves such
+    # pixels between bins 0 and 8 -- the reason ours is taken in float64)
+    img = photo(normalise=False)
+    ours = HOGTarget(cell_sizes=(4, 16))(img)
+    theirs = HOGGenerator(nbins=9, pool=16, gaussian_window=0)(img)
+    # 16-px cells on 224²: its (B, 14 * 14, 27) is our 14² map row-major
+    torch.testing.assert_close(ours[1].flatten(2).transpose(1, 2), theirs,
+                               atol=1e-5, rtol=0)
+    gen = HOGGenerator(nbins=9, pool=4, gaussian_window=0)
+    gen(img)  # regrouped per 16-px patch; its (B, 3, 9, 56, 56) is kept
+    torch.testing.assert_close(ours[0], gen.out.flatten(1, 2), atol=1e-5,
+                               rtol=0)
+
+
+def test_hog_target_is_taken_on_the_normalised_input():
+    """LocalMIM computes the HOG of the image after the data preprocessor
+    (mean / std, BGR -> RGB), as the released code does."""
+    model = tiny_local_mim()
+    model.data_preprocessor = MODELS.build(
+        dict(type='mmpretrain.SelfSupDataPreprocessor', mean=[1., 2., 3.],
+             std=[2., 4., 8.], to_rgb=True))
+    seen = []
+    model.target_generator.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0]))
+    raw = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    data = model.data_preprocessor(dict(inputs=raw[None], data_samples=None),
+                                   True)
+    model(**data, mode='loss')
+    expected = (raw[[2, 1, 0]].float() - torch.tensor([1., 2., 3.])[:, None,
+                                                                     None]
+                ) / torch.tensor([2., 4., 8.])[:, None, None]
+    torch.testing.assert_close(seen[0][0], expected)
+
+
+def test_hog_unit_norm():
+    torch.manual_seed(0)
+    img = torch.randn(2, 3, 16, 16)
+    targets = HOGTarget(cell_sizes=(4, 8, 16))(img)
     assert [t.shape for t in targets] == [(2, 27, 4, 4), (2, 27, 2, 2),
                                           (2, 27, 1, 1)]
-    for t, cell in zip(targets, (4, 8, 16)):
-        torch.testing.assert_close(t[1], naive_hog(img[1], cell), atol=1e-5,
-                                   rtol=1e-4)
-    # unsigned orientation: negating the image flips every gradient
-    for a, b in zip(targets, hog(-img)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     # every (channel, cell) histogram has unit L2 norm
     norms = targets[0].unflatten(1, (3, 9)).norm(dim=2)
     torch.testing.assert_close(norms, torch.ones_like(norms))
@@ -90,13 +198,53 @@ def test_hog_bad_input():
         HOGTarget()(torch.rand(1, 3, 48, 48))
 
 
+# trainable parameters of the released ViT-B decoder of each scale with its
+# input LayerNorm (768 -> 256-d block -> head -> 27 HOG channels): the
+# shared part is 1536 (input LN) + 196864 (embed) + 256 (mask token) +
+# 789760 (block) + 512 (norm) = 988928; heads: 56²: ConvT 256->128 (131200)
+# + LN (256) + ConvT 128->64 (32832) + 1x1 conv (1755); 28²: ConvT (131200)
+# + 1x1 (3483); 14² and 7² (average pooling): 1x1 (6939)
+RELEASED_VIT_B_DECODER_PARAMS = {56: 1154971, 28: 1123611, 14: 995867,
+                                 7: 995867}
+
+
 @pytest.mark.parametrize('out_size', [56, 28, 14, 7])
-def test_decoder_scales(out_size):
-    dec = LocalMIMDecoder(in_channels=32, grid=14, out_size=out_size,
+def test_decoder_heads_as_released(out_size):
+    dec = LocalMIMDecoder(in_channels=768, grid=14, out_size=out_size,
                           out_channels=27)
     ids_restore = torch.rand(2, 196).argsort(dim=1)
-    x = torch.rand(2, 1 + 49, 32)  # cls + 25% visible tokens
+    x = torch.rand(2, 1 + 49, 768)  # cls + 25% visible tokens
     assert dec(x, ids_restore).shape == (2, out_size**2, 27)
+    assert sum(p.numel() for p in dec.parameters()
+               ) == RELEASED_VIT_B_DECODER_PARAMS[out_size]
+    head = {56: ['ConvTranspose2d', 'LayerNorm2d', 'GELU', 'ConvTranspose2d'],
+            28: ['ConvTranspose2d'], 14: [], 7: ['AvgPool2d']}[out_size]
+    assert [type(m).__name__ for m in dec.resize] == head
+    assert dec.pred.in_channels == {56: 64, 28: 128}.get(out_size, 256)
+    assert dec.norm_in.eps == dec.norm.eps == 1e-6
+    if out_size == 56:
+        assert dec.resize[1].eps == 1e-6
+
+
+def test_released_positions():
+    """The decoder's fixed positions are MAE's / the released table: the
+    first half encodes the column, the second the row (the transpose of
+    mmpretrain's ``build_2d_sincos_position_embedding``)."""
+    from mmpretrain.models.utils import build_2d_sincos_position_embedding
+
+    from mmum.models.necks.local_mim_decoder import released_sincos
+    pos = released_sincos((4, 4), 16)[0]  # (1 + 16, 16)
+    assert not pos[0].any()
+    grid = pos[1:].view(4, 4, 16)  # (row, col, D)
+    col = torch.arange(4.)[:, None] / 10000**(torch.arange(4.) / 4)
+    torch.testing.assert_close(grid[2, :, :4], torch.sin(col))
+    torch.testing.assert_close(grid[:, 1, 12:], torch.cos(col))
+    mmp = build_2d_sincos_position_embedding(4, 16, cls_token=True)[0]
+    torch.testing.assert_close(
+        mmp[1:].view(4, 4, 16).transpose(0, 1), grid)
+    model = tiny_local_mim()
+    torch.testing.assert_close(model.backbone.pos_embed,
+                               released_sincos((4, 4), 32))
 
 
 def test_decoder_bad_scale():
@@ -117,8 +265,7 @@ def test_vit_b_layout():
                                  criterion='L2')),
              target_generator=dict(type='mmum.HOGTarget')))
     assert model.decoder_layers == (2, 4, 10, 12)
-    assert [d.resize.__class__.__name__ for d in model.neck] == [
-        'ConvTranspose2d', 'ConvTranspose2d', 'Identity', 'MaxPool2d']
+    assert [len(d.resize) for d in model.neck] == [4, 1, 0, 1]
     assert model.neck[0].block.attn.num_heads == 8
     assert model.neck[0].embed.out_features == 256
     assert model.backbone.mask_ratio == 0.75
@@ -413,3 +560,22 @@ def test_swin_config_builds_and_runs():
     losses = model.loss(img, samples)
     assert sorted(losses) == ['loss_16x16', 'loss_32x32', 'loss_64x64',
                               'loss_8x8']
+
+
+def test_compact_decoder_at_another_grid_keeps_released_positions():
+    """Built for a 4x4 patch grid and run at 8x8, the compact decoder equals
+    one built for 8x8 (same released sin-cos order at every grid)."""
+    from mmum.models.necks.local_mim_decoder import LocalMIMCompactDecoder
+    torch.manual_seed(0)
+    small, big = [
+        LocalMIMCompactDecoder(in_channels=8, unit_ratio=1, grid=g,
+                               out_size=2 * g, out_channels=27,
+                               embed_dims=16, num_heads=2) for g in (4, 8)
+    ]
+    big.load_state_dict(small.state_dict())
+    x = torch.randn(2, 8, 4, 4)  # one visible patch per 2x2 cell of 8x8
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4),
+                                indexing='ij')
+    index = ((2 * rows + torch.randint(0, 2, (2, 4, 4))) * 8 + 2 * cols +
+             torch.randint(0, 2, (2, 4, 4))).flatten(1)
+    torch.testing.assert_close(small(x, index), big(x, index))

@@ -129,6 +129,22 @@ def test_hog_picture_draws_lines_along_edges():
     anti = np.mean([pic[i, 15 - i] for i in range(16)])
     diag = np.mean([pic[i, i] for i in range(16)])
     assert pic.shape == (16, 16) and anti > 100 and diag < 50
+    # I = x: vertical edges (HOG bin 4) -> a vertical line; I = y:
+    # horizontal edges (bin 0, drawn at its centre, 10 degrees off)
+    for grad, line, across in ((xx, pic_col, pic_row),
+                               (yy, pic_row, pic_col)):
+        hog = HOGTarget(cell_sizes=(16, ))(grad.expand(1, 3, 32, 32))[0][0]
+        pic = hog_image(hog, 16)[16:, 16:, 0].astype(float)
+        assert line(pic) > 2.5 * across(pic), (line(pic), across(pic))
+
+
+def pic_col(pic):
+    """Mean brightness of the cell's four centre columns."""
+    return pic[:, 6:10].mean()
+
+
+def pic_row(pic):
+    return pic[6:10].mean()
 
 
 def test_tool_draws_green_mim(tmp_path, photos):

@@ -17,8 +17,14 @@ model = dict(
         img_size=224,
         window_size=7,
         drop_path_rate=0.0,
+        # as the released GreenMIM: every encoder LayerNorm with eps 1e-6,
+        # Linear layers Xavier-uniform, the patch-embedding conv
+        # Xavier-uniform as a linear map (fan_out = out channels, its bias
+        # left at PyTorch's default), LayerNorm 1 / 0
+        norm_cfg=dict(type='LN', eps=1e-6),
         init_cfg=[
-            dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
+            dict(type='Xavier', layer='Linear', distribution='uniform'),
+            dict(type='mmum.LinearXavier', layer='Conv2d'),
             dict(type='Constant', layer='LayerNorm', val=1., bias=0.)
         ]),
     neck=dict(
@@ -28,7 +34,8 @@ model = dict(
         embed_dim=1024,  # Swin-B stage-4 width
         decoder_embed_dim=512,
         decoder_depth=1,
-        decoder_num_heads=16),
+        decoder_num_heads=16,
+        norm_cfg=dict(type='LN', eps=1e-6)),
     head=dict(
         type='mmpretrain.MAEPretrainHead',
         norm_pix=True,

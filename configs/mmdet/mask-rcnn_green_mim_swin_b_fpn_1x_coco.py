@@ -9,6 +9,9 @@ _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 pretrained = 'work_dirs/green_mim_swin_b_800e/epoch_800.pth'
+# the LayerNorm eps GreenMIM was pre-trained with (every encoder norm), so the
+# encoder computes what it was trained as
+ln = dict(type='LN', eps=1e-6)
 
 model = dict(
     backbone=dict(
@@ -19,6 +22,10 @@ model = dict(
         window_size=7,
         pad_small_map=True,
         drop_path_rate=0.3,
+        norm_cfg=ln,
+        patch_cfg=dict(norm_cfg=ln),
+        stage_cfgs=dict(
+            block_cfgs=dict(norm_cfg=ln), downsample_cfg=dict(norm_cfg=ln)),
         out_indices=(0, 1, 2, 3),
         # _scope_='mmum': mmum's strict Pretrained (mmum/models/pretrained.py)
         # refuses a checkpoint that leaves backbone weights random

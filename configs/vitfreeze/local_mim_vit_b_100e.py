@@ -19,12 +19,14 @@ model = dict(
         patch_size=16,
         mask_ratio=0.75,
         out_indices=(1, 3, 9, 11)),
-    # one transformer block (256-d, 8 heads) + deconvolution / pooling each
+    # one transformer block (256-d, 8 heads) each, then the released heads:
+    # 56²: 2x2 deconv to 128, LN, GELU, 2x2 deconv to 64; 28²: deconv to
+    # 128; 14²: none; 7²: 2x2 average pooling; then a 1x1 conv to 27
     neck=dict(type='mmum.LocalMIMDecoder', embed_dims=256, num_heads=8),
     head=dict(
         type='mmpretrain.MIMHead',
         loss=dict(type='mmpretrain.PixelReconstructionLoss', criterion='L2')),
-    # HOG targets at 56², 28², 14², 7²
+    # HOG targets at 56², 28², 14², 7², taken on the normalised image
     target_generator=dict(
         type='mmum.HOGTarget', cell_sizes=(4, 8, 16, 32), nbins=9),
     init_cfg=[

@@ -94,15 +94,16 @@ def reconstruction_figure(inputs: torch.Tensor,
 
 def hog_glyphs(cell: int, nbins: int = 9) -> np.ndarray:
     """(nbins, cell, cell) float line glyphs: bin ``b`` (gradient angle
-    ``(b + 0.5) * pi / nbins`` of :class:`mmum.HOGTarget`, i.e. the gradient
-    (cos, sin) in image x-right / y-down coordinates) is drawn as a line
-    through the cell centre along the edge, perpendicular to the gradient."""
+    ``(b + 0.5) * pi / nbins`` of :class:`mmum.HOGTarget`, measured from the
+    y-axis, i.e. the gradient (sin, cos) in image x-right / y-down
+    coordinates) is drawn as a line through the cell centre along the edge,
+    perpendicular to the gradient."""
     yy, xx = np.mgrid[:cell, :cell] - (cell - 1) / 2
     glyphs = []
     for b in range(nbins):
         t = (b + 0.5) * np.pi / nbins
         # distance to the edge line, whose normal is the gradient
-        dist = np.abs(xx * np.cos(t) + yy * np.sin(t))
+        dist = np.abs(xx * np.sin(t) + yy * np.cos(t))
         glyphs.append(np.clip(1.0 - dist, 0, 1))
     return np.stack(glyphs)
 

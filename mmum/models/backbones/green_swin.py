@@ -58,7 +58,11 @@ class GreenSwinTransformer(SwinTransformer):
             embedding, blocks, patch merging and output norms, unless
             ``patch_cfg`` / ``stage_cfgs`` set their own (mmpretrain's
             ``norm_cfg`` covers only the output norms; with the default LN
-            both agree).
+            both agree). The released GreenMIM uses
+            ``dict(type='LN', eps=1e-6)``; a fine-tuning ``SwinTransformer``
+            then needs that eps in ``patch_cfg``, ``stage_cfgs.block_cfgs``,
+            ``stage_cfgs.downsample_cfg`` and ``norm_cfg`` to compute what
+            was trained.
         **others: as in mmpretrain's ``SwinTransformer``.
     """
 

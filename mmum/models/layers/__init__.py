@@ -12,3 +12,5 @@ from .sparse_conv import (build_neighbour_index, build_strided_index,  # noqa
                           sparse_strided_conv, submanifold_dwconv3x3)
 __all__ += ['build_neighbour_index', 'build_strided_index',
             'sparse_strided_conv', 'submanifold_dwconv3x3']
+from .linear_xavier_init import LinearXavierInit  # noqa: E402
+__all__ += ['LinearXavierInit']

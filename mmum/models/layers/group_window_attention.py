@@ -114,10 +114,15 @@ class GroupWindowAttention(WindowMSA):
         G, gs, nh = plan.allowed.shape[0], plan.group_size, self.num_heads
         qkv = self.qkv(x)  # B, N, 3C
         qkv = torch.cat([qkv, qkv.new_zeros(B, 1, 3 * C)], 1)[:, plan.index]
-        # B, G*gs, 3C -> 3, B, G*nh, gs, C/nh (groups folded into heads so
-        # the mask broadcasts over the batch without a copy)
-        qkv = qkv.view(B, G, gs, 3, nh, C // nh).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.reshape(3, B, G * nh, gs, C // nh).unbind(0)
+        # B, G*gs, 3C -> q, k, v (B, G*nh, gs, C/nh), each copied into its
+        # own tensor: the groups are folded into the head dimension so the
+        # mask broadcasts over the batch without a copy, and autograd keeps
+        # just q, k, v for the backward (SDPA's math path saves its scaled
+        # copies of q and k and the v it gets; a view of one joint qkv tensor
+        # would keep all of it alive)
+        qkv = qkv.view(B, G, gs, 3, nh, C // nh)
+        q, k, v = (qkv[:, :, :, i].transpose(2, 3).contiguous().view(
+            B, G * nh, gs, C // nh) for i in range(3))
 
         bias = self.relative_position_bias_table[plan.rel_index]  # G,gs,gs,nh
         bias = bias.permute(0, 3, 1, 2).to(q.dtype)

@@ -1,4 +1,5 @@
 """One local decoder of LocalMIM: visible tokens -> predictions at a scale."""
+import math
 from typing import Tuple, Union
 
 import torch
@@ -6,30 +7,80 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmpretrain.models.backbones.vision_transformer import \
     TransformerEncoderLayer
-from mmpretrain.models.utils import build_2d_sincos_position_embedding
+from mmpretrain.models.utils import LayerNorm2d
 from torch import nn
 
-from mmum.models.grid import sincos_positions
 from mmum.registry import MODELS
+
+
+def released_sincos(grid: Tuple[int, int], dims: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions of MAE / the released LocalMIM:
+    (1, 1 + h * w, dims), a zero class-token row, then patch ``(r, c)``
+    (row-major) gets ``[sin(c w), cos(c w), sin(r w), cos(r w)]`` with
+    ``w_i = 10000^(-i / (dims / 4))``. mmpretrain's
+    ``build_2d_sincos_position_embedding`` is its row/column transpose
+    (rows in the first half).
+    """
+    if dims % 4:
+        raise ValueError(f'released_sincos: dims={dims} must be a multiple '
+                         'of 4')
+    h, w = grid
+    omega = 1. / 10000**(torch.arange(dims // 4, dtype=torch.float64) /
+                         (dims // 4))
+    rows, cols = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64),
+        torch.arange(w, dtype=torch.float64), indexing='ij')
+    out = [p.flatten()[:, None] * omega for p in (cols, rows)]
+    emb = torch.cat([f(o) for o in out for f in (torch.sin, torch.cos)], 1)
+    return torch.cat([emb.new_zeros(1, dims), emb]).float()[None]
+
+
+def resize_head(embed_dims: int, up: float) -> Tuple[nn.Sequential, int]:
+    """Released LocalMIM's head from the patch grid to the target grid.
+
+    ``up`` = 2^k > 1: k stride-2 2x2 transposed convolutions, each halving
+    the channels, with a channel LayerNorm (eps 1e-6) and GELU between two of
+    them (56² from 14²: 256 -> 128, LN, GELU, -> 64; 28²: 256 -> 128);
+    ``up`` = 1: nothing; ``up`` = 1/n: n x n average pooling. Returns the
+    head and its output channels (the 1x1 prediction's input).
+    """
+    layers, dims = [], embed_dims
+    if up > 1:
+        for i in range(round(math.log2(up))):
+            if i:
+                layers += [LayerNorm2d(dims, eps=1e-6), nn.GELU()]
+            layers.append(nn.ConvTranspose2d(dims, dims // 2, 2, 2))
+            dims //= 2
+    elif up < 1:
+        layers.append(nn.AvgPool2d(round(1 / up)))
+    return nn.Sequential(*layers), dims
 
 
 @MODELS.register_module()
 class LocalMIMDecoder(BaseModule):
-    """MAE-style light decoder that predicts a target map of ``out_size``.
+    """MAE-style light decoder that predicts a target map of ``out_size``,
+    as the released LocalMIM decoder.
 
-    Visible tokens are embedded, completed with mask tokens, put back in
-    image order, passed through one transformer block, laid out as the
-    ``grid`` of patches and resized to ``out_size`` by a transposed
-    convolution (finer scales) or max-pooling (coarser scales).
+    Visible tokens are normalised (LayerNorm eps 1e-6) and embedded,
+    completed with mask tokens, put back in image order, given the fixed
+    sin-cos positions, passed through one transformer block, normalised,
+    laid out as the ``grid`` of patches, resized to ``out_size`` by
+    :func:`resize_head` (transposed convolutions for finer scales, average
+    pooling for coarser ones) and projected by a 1x1 convolution.
 
     Args:
         in_channels (int): Encoder width.
         grid (int | tuple): Patch grid of the encoder, e.g. 14 for ViT-B/16.
-        out_size (int | tuple): Target grid, e.g. 56.
+        out_size (int | tuple): Target grid, e.g. 56: the grid times 2^k or
+            divided by an integer.
         out_channels (int): Target channels per cell, e.g. 27 for HOG.
         embed_dims (int): Decoder width. Defaults to 256.
         num_heads (int): Defaults to 8.
         mlp_ratio (float): Defaults to 4.
+
+    Raises:
+        ValueError: an ``out_size`` that is not such a multiple or divisor
+            of ``grid``, or ``embed_dims`` not divisible by 2^k.
     """
 
     def __init__(self,
@@ -47,31 +98,26 @@ class LocalMIMDecoder(BaseModule):
         out_size = tuple(out_size) if isinstance(out_size, (
             tuple, list)) else (out_size, out_size)
         up = [o / g for o, g in zip(out_size, self.grid)]
-        if up[0] != up[1] or not (up[0].is_integer() or
-                                  (1 / up[0]).is_integer()):
+        if up[0] != up[1] or not (
+                up[0] >= 1 and math.log2(up[0]).is_integer()
+                and embed_dims % up[0] == 0 or
+                up[0] < 1 and (1 / up[0]).is_integer()):
             raise ValueError(
                 f'LocalMIMDecoder: out_size={out_size} must be the patch grid '
-                f'{self.grid} times or divided by the same integer')
-        self.norm_in = nn.LayerNorm(in_channels)
+                f'{self.grid} times the same power of 2 (dividing embed_dims='
+                f'{embed_dims}) or divided by the same integer')
+        self.norm_in = nn.LayerNorm(in_channels, eps=1e-6)
         self.embed = nn.Linear(in_channels, embed_dims)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
         self.register_buffer(
-            'pos_embed',
-            build_2d_sincos_position_embedding(
-                self.grid, embed_dims, cls_token=True),
+            'pos_embed', released_sincos(self.grid, embed_dims),
             persistent=False)  # (1, 1 + N, D), fixed
         self.block = TransformerEncoderLayer(
             embed_dims, num_heads, int(mlp_ratio * embed_dims),
             norm_cfg=dict(type='LN', eps=1e-6))
         self.norm = nn.LayerNorm(embed_dims, eps=1e-6)
-        if up[0] > 1:
-            f = int(up[0])
-            self.resize = nn.ConvTranspose2d(embed_dims, embed_dims, f, f)
-        elif up[0] < 1:
-            self.resize = nn.MaxPool2d(int(1 / up[0]))
-        else:
-            self.resize = nn.Identity()
-        self.pred = nn.Conv2d(embed_dims, out_channels, 1)
+        self.resize, dims = resize_head(embed_dims, up[0])
+        self.pred = nn.Conv2d(dims, out_channels, 1)
 
     def init_weights(self) -> None:
         super().init_weights()
@@ -149,5 +195,5 @@ class LocalMIMCompactDecoder(LocalMIMDecoder):
         full = full.scatter(1, index[..., None].expand(-1, -1, D), x)
         # fixed sin-cos positions, computed for another image size's grid
         pos = self.pos_embed[:, 1:] if grid == self.grid else \
-            sincos_positions(grid, D).to(full)
+            released_sincos(grid, D)[:, 1:].to(full)
         return self.decode(self.block(full + pos), grid)

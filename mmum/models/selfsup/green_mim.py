@@ -23,8 +23,25 @@ from mmum.registry import MODELS
 class GreenMIMDecoder(MAEPretrainDecoder):
     """mmpretrain's MAE decoder without a class token, fed by a batch-wise
     mask: ``num_patches`` = number of mask units, ``patch_size`` = mask unit.
-    Its ``decoder_pos_embed`` keeps MAE's (unused) class-token slot 0 so the
-    fixed 2-D sin-cos table is built by the parent unchanged."""
+    Its ``decoder_pos_embed`` keeps MAE's (unused) class-token slot 0.
+
+    Position table: the fixed 2-D sin-cos table of MAE's and the released
+    GreenMIM's code, in which unit (row r, column c) gets
+    ``[sin(c w), cos(c w), sin(r w), cos(r w)]`` (``w`` the D/4 frequencies
+    ``10000^(-k / (D/4))``): the first half encodes the column. mmpretrain's
+    ``build_2d_sincos_position_embedding`` puts the row first, i.e. builds the
+    row/column transpose; the paper follows MAE, so we use MAE's table and a
+    released checkpoint's table loads unchanged.
+    """
+
+    def init_weights(self) -> None:
+        """MAE's init; then the position table is transposed to MAE's
+        (column first) layout, see the class docstring."""
+        super().init_weights()
+        side = int(self.num_patches**.5)
+        pos = self.decoder_pos_embed.data[0, 1:]  # L, D; row-first layout
+        pos = pos.view(side, side, -1).transpose(0, 1)  # column, row, D
+        self.decoder_pos_embed.data[0, 1:] = pos.reshape(side * side, -1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor,
                 masked_only: bool = False) -> torch.Tensor:

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmum.models.backbones.um_swin import UMSwinTransformer
 from mmum.models.grid import check_grid
+from mmum.models.necks.local_mim_decoder import released_sincos
 from mmum.registry import MODELS
 from .um_mae import UMMAE
 
@@ -84,14 +85,19 @@ class LocalMIMViT(MAEViT):
         self.with_cp = with_cp
 
     def init_weights(self) -> None:
-        """MAE's initialisation, unless ``init_cfg`` loads a checkpoint:
-        then the loaded weights stay (mmpretrain's ``MAEViT`` would redraw
-        the patch embedding and class token after loading)."""
+        """MAE's initialisation with the released model's fixed positions,
+        unless ``init_cfg`` loads a checkpoint: then the loaded weights stay
+        (mmpretrain's ``MAEViT`` would redraw the patch embedding, class
+        token and positions after loading)."""
         if isinstance(self.init_cfg, dict) and \
                 self.init_cfg.get('type') == 'Pretrained':
             super(MAEViT, self).init_weights()  # VisionTransformer's: loads
             return
         super().init_weights()
+        # the released model's fixed positions (mmpretrain's MAEViT table,
+        # written by super(), is their row/column transpose)
+        self.pos_embed.data.copy_(
+            released_sincos(self.patch_resolution, self.embed_dims))
 
     def layer_params(self) -> List[List[nn.Parameter]]:
         """Trainable parameters of each layer, in ``get_layer_depth`` order."""

@@ -1,0 +1,357 @@
+"""Import a released GreenMIM (Swin) checkpoint into mmum or mmpretrain.
+
+    python tools/model_converters/green_mim_official_to_mmum.py SRC DST
+    python tools/model_converters/green_mim_official_to_mmum.py SRC DST \\
+        --backbone-only
+
+``SRC``: a checkpoint of the released GreenMIM Swin models (a dict whose
+``'model'`` entry, or the dict itself, holds the state dict with
+``encoder.`` / decoder keys; with ``--backbone-only`` an encoder-only state
+dict without the ``encoder.`` prefix, as its ``extract_backbone`` writes, is
+accepted too). ``DST`` gets ``{'state_dict': ..., 'meta': {...}}``:
+
+- default: an mmum ``GreenMIM`` checkpoint (``backbone.`` / ``neck.`` keys),
+  to continue pre-training with ``configs/green_mim/``;
+- ``--backbone-only``: an mmpretrain ``SwinTransformer`` state dict (no
+  prefix), for fine-tuning, detection or segmentation.
+
+The script prints what it converted and the model settings the weights need,
+and refuses (naming the keys) a checkpoint of another architecture.
+
+Layout (``E`` = ``encoder.``, ``s`` stage, ``b`` block, ``i`` decoder block):
+
+=====================================  ======================================
+released                               mmpretrain / mmum
+=====================================  ======================================
+``E patch_embed.proj / .norm``         ``patch_embed.projection / .norm``
+``E layers.s.blocks.b.norm1/norm2``    ``stages.s.blocks.b.norm1/norm2``
+``E layers.s.blocks.b.attn.qkv/proj``  ``stages.s.blocks.b.attn.w_msa.qkv/
+                                       proj``
+``E ...attn.relative_position_bias_    ``...attn.w_msa.relative_position_bias_
+table``                                table`` (*)
+``E ...attn.relative_position_index``  rebuilt for the target window
+``E layers.s.blocks.b.mlp.fc1/fc2``    ``...ffn.layers.0.0 / ffn.layers.1``
+``E layers.s.downsample.reduction``    ``stages.s.downsample.reduction`` (**)
+``E layers.s.downsample.norm``         ``stages.s.downsample.norm`` (**)
+``E norm``                             ``norm3`` (last stage's output norm)
+``decoder_embed / decoder_pred``       ``neck.decoder_embed / decoder_pred``
+``mask_token``                         ``neck.mask_token``
+``decoder_pos_embed`` (1, L, D)        ``neck.decoder_pos_embed`` (1, 1+L,
+                                       D): a zero class-token row in front;
+                                       same (column-first, MAE) table layout
+``decoder_blocks.i.norm1/norm2``       ``neck.decoder_blocks.i.ln1/ln2``
+``decoder_blocks.i.attn.qkv/proj``     ``neck.decoder_blocks.i.attn.qkv/
+                                       proj``
+``decoder_blocks.i.mlp.fc1/fc2``       ``neck.decoder_blocks.i.ffn.layers.
+                                       0.0 / ffn.layers.1``
+``decoder_norm``                       ``neck.ln1``
+=====================================  ======================================
+
+(*) The released Swin shrinks the window of a stage whose map is not larger
+than the window to the map (window 14 at 224 px: stage 4 runs 7x7 windows,
+a 13x13 table). ``--backbone-only`` keeps every table as it is and prints
+per-stage window sizes for mmpretrain's ``stage_cfgs``; the mmum
+``GreenSwinTransformer`` has one window size, so a smaller table is placed at
+the centre of the (2w-1)^2 table (same bias for every offset that occurs;
+zeros at offsets no 7x7 map can have).
+
+(**) The released patch merging concatenates each 2x2 cell position-major,
+``[x(0,0), x(1,0), x(0,1), x(1,1)]`` (C channels each, Swin's original
+order); mmcv's ``PatchMerging`` (``nn.Unfold``) channel-major,
+``x[c, (0,0)], x[c, (0,1)], x[c, (1,0)], x[c, (1,1)]`` for every channel
+``c``. Column ``4c + k`` of mmpretrain's merge LayerNorm and reduction
+weights is released column ``P[k] * C + c`` with ``P = (0, 2, 1, 3)``.
+"""
+import argparse
+import re
+from collections import OrderedDict
+from typing import Dict, List, Tuple
+
+import torch
+
+LN_EPS = 1e-6  # every LayerNorm of the released models
+DECODER_HEADS = 16  # released decoders (not stored in the weights)
+BLOCK = {
+    'norm1': 'norm1', 'norm2': 'norm2', 'attn.qkv': 'attn.w_msa.qkv',
+    'attn.proj': 'attn.w_msa.proj', 'mlp.fc1': 'ffn.layers.0.0',
+    'mlp.fc2': 'ffn.layers.1'
+}
+DECODER_BLOCK = {
+    'norm1': 'ln1', 'norm2': 'ln2', 'attn.qkv': 'attn.qkv',
+    'attn.proj': 'attn.proj', 'mlp.fc1': 'ffn.layers.0.0',
+    'mlp.fc2': 'ffn.layers.1'
+}
+DECODER = {
+    'decoder_embed': 'decoder_embed', 'decoder_norm': 'ln1',
+    'decoder_pred': 'decoder_pred', 'mask_token': 'mask_token'
+}
+DECODER_KEYS = {'decoder_embed', 'decoder_blocks', 'decoder_norm',
+                'decoder_pred', 'decoder_pos_embed', 'mask_token'}
+MERGE_ORDER = (0, 2, 1, 3)  # released block of mmcv's kernel position k
+
+
+def detect(sd: Dict[str, torch.Tensor]) -> str:
+    """The prefix of the released Swin encoder in ``sd`` (``'encoder.'`` in
+    a pre-training checkpoint, ``''`` in an extracted backbone)."""
+    for prefix in ('encoder.', ''):
+        need = [f'{prefix}patch_embed.proj.weight',
+                f'{prefix}layers.0.blocks.0.attn.relative_position_bias_table']
+        if all(k in sd for k in need):
+            return prefix
+    tops = sorted({'.'.join(k.split('.')[:2]) for k in sd})
+    raise ValueError(
+        'not a released GreenMIM Swin checkpoint: expected the keys '
+        "'encoder.patch_embed.proj.weight' and "
+        "'encoder.layers.0.blocks.0.attn.relative_position_bias_table' "
+        f'(or the same without encoder.); found {len(sd)} keys starting '
+        f'with {tops[:12]}')
+
+
+def encoder_arch(sd: Dict[str, torch.Tensor], prefix: str) -> dict:
+    """Architecture of the released encoder read from its weights:
+    ``embed_dims``, ``depths``, ``num_heads``, ``windows`` (the window each
+    stage really uses, from its bias table) and ``patch_size``."""
+    depths, heads, windows = [], [], []
+    s = 0
+    while f'{prefix}layers.{s}.blocks.0.norm1.weight' in sd:
+        b = 0
+        while f'{prefix}layers.{s}.blocks.{b}.norm1.weight' in sd:
+            b += 1
+        table = sd[f'{prefix}layers.{s}.blocks.0.attn.'
+                   'relative_position_bias_table']
+        side = round(table.shape[0]**.5)
+        depths.append(b)
+        heads.append(table.shape[1])
+        windows.append((side + 1) // 2)
+        s += 1
+    proj = sd[f'{prefix}patch_embed.proj.weight']
+    return dict(embed_dims=proj.shape[0], depths=depths, num_heads=heads,
+                windows=windows, patch_size=proj.shape[-1])
+
+
+def merge_columns(channels: int) -> torch.Tensor:
+    """Index ``idx`` with ``mmcv_tensor[..., j] = released[..., idx[j]]``
+    for the 4C inputs of a patch merging (see the module docstring)."""
+    c = torch.arange(channels)
+    return torch.stack([MERGE_ORDER[k] * channels + c for k in range(4)],
+                       1).flatten()  # 4c + k -> P[k] * C + c
+
+
+def rel_index(window: int) -> torch.Tensor:
+    """mmpretrain's ``WindowMSA.relative_position_index`` for a window:
+    (w^2, w^2), ``(dr + w - 1) * (2w - 1) + dc + w - 1`` for the offset
+    (dr, dc) of token i from token j, both row-major in the window."""
+    r, c = torch.meshgrid(torch.arange(window), torch.arange(window),
+                          indexing='ij')
+    r, c = r.flatten(), c.flatten()
+    return (r[:, None] - r[None] + window - 1) * (2 * window - 1) + (
+        c[:, None] - c[None] + window - 1)
+
+
+def fit_table(table: torch.Tensor, window: int) -> torch.Tensor:
+    """A released ((2v-1)^2, nh) bias table on the (2w-1)^2 grid of a
+    window ``w >= v``: same bias for every offset |d| < v, zeros beyond."""
+    side, new = round(table.shape[0]**.5), 2 * window - 1
+    if side == new:
+        return table
+    if side > new:
+        raise ValueError(f'a bias table for window {(side + 1) // 2} does '
+                         f'not fit window_size {window}')
+    out = table.new_zeros(new, new, table.shape[1])
+    o = (new - side) // 2
+    out[o:o + side, o:o + side] = table.view(side, side, -1)
+    return out.view(new * new, -1)
+
+
+def convert_encoder(sd: Dict[str, torch.Tensor], prefix: str,
+                    windows: List[int], used: set) -> 'OrderedDict':
+    """Released encoder -> mmpretrain ``SwinTransformer`` keys; stage ``s``
+    gets bias tables and indices for ``windows[s]``."""
+    out = OrderedDict()
+
+    def take(key):
+        used.add(prefix + key)
+        return sd[prefix + key]
+
+    for p in ('weight', 'bias'):
+        out[f'patch_embed.projection.{p}'] = take(f'patch_embed.proj.{p}')
+        out[f'patch_embed.norm.{p}'] = take(f'patch_embed.norm.{p}')
+    arch = encoder_arch(sd, prefix)
+    for s, depth in enumerate(arch['depths']):
+        for b in range(depth):
+            src, dst = f'layers.{s}.blocks.{b}', f'stages.{s}.blocks.{b}'
+            for old, new in BLOCK.items():
+                for p in ('weight', 'bias'):
+                    out[f'{dst}.{new}.{p}'] = take(f'{src}.{old}.{p}')
+            table = take(f'{src}.attn.relative_position_bias_table')
+            out[f'{dst}.attn.w_msa.relative_position_bias_table'] = fit_table(
+                table, windows[s])
+            if prefix + f'{src}.attn.relative_position_index' in sd:
+                used.add(prefix + f'{src}.attn.relative_position_index')
+            out[f'{dst}.attn.w_msa.relative_position_index'] = rel_index(
+                windows[s])
+        ds = f'layers.{s}.downsample'
+        if prefix + f'{ds}.reduction.weight' in sd:
+            w = take(f'{ds}.reduction.weight')  # 2C, 4C
+            idx = merge_columns(w.shape[1] // 4)
+            out[f'stages.{s}.downsample.norm.weight'] = take(
+                f'{ds}.norm.weight')[idx]
+            out[f'stages.{s}.downsample.norm.bias'] = take(
+                f'{ds}.norm.bias')[idx]
+            out[f'stages.{s}.downsample.reduction.weight'] = w[:, idx]
+    last = len(arch['depths']) - 1
+    for p in ('weight', 'bias'):
+        out[f'norm{last}.{p}'] = take(f'norm.{p}')
+    return out
+
+
+def _refuse_leftovers(sd, used, what):
+    left = sorted(set(sd) - used)
+    if left:
+        raise ValueError(f'{len(left)} keys of the checkpoint have no '
+                         f'{what} counterpart (another architecture?): '
+                         f'{left[:10]}')
+
+
+def official_to_swin(sd: Dict[str, torch.Tensor]
+                     ) -> Tuple['OrderedDict', dict]:
+    """Released state dict (full or encoder-only) -> (mmpretrain
+    ``SwinTransformer`` state dict, settings for the model). Each stage
+    keeps the window the released model used there. A full pre-training
+    checkpoint's decoder is dropped."""
+    prefix = detect(sd)
+    arch = encoder_arch(sd, prefix)
+    used = {k for k in sd if k.split('.')[0] in DECODER_KEYS}  # dropped
+    out = convert_encoder(sd, prefix, arch['windows'], used)
+    _refuse_leftovers(sd, used, 'mmpretrain SwinTransformer')
+    ln = dict(type='LN', eps=LN_EPS)
+    settings = dict(
+        type='mmpretrain.SwinTransformer',
+        arch={k: arch[k] for k in ('embed_dims', 'depths', 'num_heads')},
+        patch_size=arch['patch_size'], window_size=arch['windows'][0],
+        norm_cfg=ln, patch_cfg=dict(norm_cfg=ln),
+        stage_cfgs=[dict(window_size=w, block_cfgs=dict(norm_cfg=ln),
+                         downsample_cfg=dict(norm_cfg=ln))
+                    for w in arch['windows']])
+    return out, settings
+
+
+def official_to_mmum(sd: Dict[str, torch.Tensor]
+                     ) -> Tuple['OrderedDict', dict]:
+    """Released pre-training state dict -> (mmum ``GreenMIM`` state dict,
+    settings for the model). The window is stage 1's; smaller tables of
+    shrunk windows are centred in it (module docstring, (*))."""
+    prefix = detect(sd)
+    if prefix != 'encoder.':
+        raise ValueError('an mmum GreenMIM checkpoint needs the decoder: '
+                         'this is an encoder-only state dict (no '
+                         "'encoder.' keys); use --backbone-only")
+    arch = encoder_arch(sd, prefix)
+    window = arch['windows'][0]
+    used = set()
+    out = OrderedDict(
+        ('backbone.' + k, v) for k, v in convert_encoder(
+            sd, prefix, [window] * len(arch['depths']), used).items())
+    for old, new in DECODER.items():
+        for k in [k for k in sd if k == old or k.startswith(old + '.')]:
+            out['neck.' + new + k[len(old):]] = sd[k]
+            used.add(k)
+    blocks = sorted({int(k.split('.')[1]) for k in sd
+                     if re.match(r'decoder_blocks\.\d+\.', k)})
+    for i in blocks:
+        for old, new in DECODER_BLOCK.items():
+            for p in ('weight', 'bias'):
+                out[f'neck.decoder_blocks.{i}.{new}.{p}'] = sd[
+                    f'decoder_blocks.{i}.{old}.{p}']
+                used.add(f'decoder_blocks.{i}.{old}.{p}')
+    pos = sd['decoder_pos_embed']  # 1, L, D
+    out['neck.decoder_pos_embed'] = torch.cat(
+        [pos.new_zeros(1, 1, pos.shape[-1]), pos], 1)
+    used.add('decoder_pos_embed')
+    _refuse_leftovers(sd, used, 'mmum GreenMIM')
+    pred = sd['decoder_pred.weight']  # unit^2 * 3, D
+    unit = round((pred.shape[0] // 3)**.5)
+    ln = dict(type='LN', eps=LN_EPS)
+    settings = dict(
+        type='mmum.GreenMIM', mask_unit=unit,
+        backbone=dict(
+            type='mmum.GreenSwinTransformer',
+            arch={k: arch[k] for k in ('embed_dims', 'depths', 'num_heads')},
+            patch_size=arch['patch_size'], window_size=window, norm_cfg=ln),
+        neck=dict(type='mmum.GreenMIMDecoder', num_patches=pos.shape[1],
+                  patch_size=unit,
+                  embed_dim=sd['decoder_embed.weight'].shape[1],
+                  decoder_embed_dim=pos.shape[-1], decoder_depth=len(blocks),
+                  decoder_num_heads=DECODER_HEADS, norm_cfg=ln),
+        head=dict(patch_size=unit))
+    return out, settings
+
+
+def load_official(path: str) -> Dict[str, torch.Tensor]:
+    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    for key in ('model', 'state_dict'):
+        if isinstance(ckpt, dict) and key in ckpt:
+            return ckpt[key]
+    return ckpt
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('src', help='released GreenMIM checkpoint')
+    parser.add_argument('dst', help='checkpoint to write')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='write an mmpretrain SwinTransformer state dict '
+                        'instead of an mmum GreenMIM one')
+    args = parser.parse_args()
+    sd = load_official(args.src)
+    if args.backbone_only:
+        out, settings = official_to_swin(sd)
+        target, load = ('mmpretrain SwinTransformer',
+                        f"init_cfg=dict(type='Pretrained', "
+                        f"checkpoint='{args.dst}')")
+    else:
+        out, settings = official_to_mmum(sd)
+        target, load = 'mmum GreenMIM', f"load_from='{args.dst}'"
+    torch.save({'state_dict': out,
+                'meta': dict(source=args.src,
+                             converted_from='green_mim_official',
+                             target=target)}, args.dst)
+    print(f'wrote {args.dst}: {len(out)} {target} tensors from {len(sd)} '
+          'released ones')
+    for line in summary(sd, args.backbone_only):
+        print('  ' + line)
+    print(f'the model needs\n  {settings}\nload it with {load}')
+
+
+def summary(sd: Dict[str, torch.Tensor], backbone_only: bool) -> List[str]:
+    """What the conversion did, one line per part."""
+    prefix = detect(sd)
+    arch = encoder_arch(sd, prefix)
+    w = arch['windows']
+    lines = [
+        f"encoder: Swin embed_dims {arch['embed_dims']}, depths "
+        f"{arch['depths']}, heads {arch['num_heads']}, patch "
+        f"{arch['patch_size']}; LayerNorm eps {LN_EPS} everywhere",
+        f'{len(w) - 1} patch mergings: reduction input columns and merge '
+        'LayerNorm permuted from the released position-major order to '
+        "mmcv's channel-major (nn.Unfold) order"]
+    if backbone_only:
+        lines.append(f'windows per stage {w} kept (bias tables as released, '
+                     'relative_position_index rebuilt); only the final norm '
+                     '(norm3) exists in the release: other out_indices '
+                     'norms start from their init; decoder dropped')
+    else:
+        shrunk = [s for s, v in enumerate(w) if v < w[0]]
+        lines.append(f'window {w[0]} for every stage' + ''.join(
+            f'; stages.{s} ran window {w[s]}: its tables centred in the '
+            f'{2 * w[0] - 1}x{2 * w[0] - 1} table' for s in shrunk))
+        depth = len({k.split('.')[1] for k in sd
+                     if k.startswith('decoder_blocks.')})
+        lines.append(f'decoder: {depth} block(s), position table copied '
+                     '(same column-first layout) with a zero class-token row '
+                     'in front')
+    return lines
+
+
+if __name__ == '__main__':
+    main()
