@@ -10,6 +10,7 @@ parameter layouts are shared. Written for mmum; tiny archs, small images.
 """
 import inspect
 import math
+import os.path as osp
 from itertools import chain
 
 import pytest
@@ -22,6 +23,7 @@ from mmum.models.backbones import (PVT, UMPVT, CPBSwinTransformer,
 from mmum.models.backbones.green_twins import GreenTwins
 from mmum.models.selfsup.local_mim import LocalMIMViT
 
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SWIN_ARCH = dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4])
 PVT_ARCH = dict(embed_dims=[16, 32, 32, 64], depths=[2, 1, 2, 1],
                 num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
@@ -532,7 +534,8 @@ def test_green_mim_configs_set_arch_and_drop_path():
     GreenMIM configs build: they set both."""
     from mmengine.config import Config
     for name, arch in [('swin_b_800e', 'base'), ('swin_l_800e', 'large')]:
-        cfg = Config.fromfile(f'configs/green_mim/{name}.py')
+        cfg = Config.fromfile(osp.join(ROOT, 'configs', 'green_mim',
+                                       f'{name}.py'))
         assert cfg.model.backbone.arch == arch
         assert cfg.model.backbone.drop_path_rate == 0.0
 
