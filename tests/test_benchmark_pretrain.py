@@ -183,3 +183,22 @@ def test_with_cp_rows(bench):
     assert len(lines) == 1 + len(results)  # header + rows
     with pytest.raises(ValueError, match='--with-cp rows are'):
         bench.main(['--with-cp', '--methods', 'simmim_swin_t'])
+
+
+def test_positions_cost_lines(bench):
+    """UM-MAE's original positions against its compact-positions row."""
+    assert 'ummae_swin_t_compact' in bench.PAIRS[0]
+    assert bench.ROWS['ummae_pvt_s_compact']['positions'] == 'compact'
+    rows = [
+        dict(name='ummae_swin_t', method='UM-MAE', arch='Swin-T',
+             time_ms=104., act_mib=54.5),
+        dict(name='ummae_swin_t_compact', positions='compact',
+             time_ms=100., act_mib=50.),
+    ]
+    lines = bench.positions_cost(rows)
+    assert lines[1] == ('UM-MAE Swin-T: original positions vs compact: '
+                        'step time +4.0% (<= 5% met), saved act. +9.0% '
+                        '(<= 10% met)')
+    rows[0]['time_ms'] = 110.
+    assert 'step time +10.0% (<= 5% MISSED)' in bench.positions_cost(rows)[1]
+    assert bench.positions_cost(rows[:1]) == []

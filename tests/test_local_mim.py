@@ -507,7 +507,10 @@ def test_um_local_mim_swin_frozen_prefix():
                         logger=MMLogger.get_current_instance()), 0)
     assert model.pruned_decoders == {0}
     fired = []
-    for m in [bb.patch_embed, bb.stages[0].blocks[1], bb.stages[0].downsample]:
+    # (the patch embedding's last module: UM-MAE's Swin puts the mask token
+    # between its projection and its norm)
+    for m in [bb.patch_embed.norm, bb.stages[0].blocks[1],
+              bb.stages[0].downsample]:
         m.register_forward_hook(
             lambda m, i, o: fired.append(
                 (o[0] if isinstance(o, tuple) else o).requires_grad))

@@ -66,7 +66,7 @@ def test_compact_gathers_the_visible_patches():
 def test_first_stage_sees_a_quarter_of_the_tokens():
     model = build(tiny=False)  # the real Swin-T
     seen = []
-    model.backbone.stages[0].register_forward_pre_hook(
+    model.backbone.stages[0].blocks[0].norm1.register_forward_pre_hook(
         lambda m, args: seen.append(args[0].shape[1]))
     x, samples = batch(n=1)
     model.loss(x, samples)
@@ -78,14 +78,16 @@ def test_secondary_mask_reaches_the_encoder():
     model = build()
     x, samples = batch(n=1)
     tokens = []
-    model.backbone.stages[0].register_forward_pre_hook(
+    model.backbone.stages[0].blocks[0].norm1.register_forward_pre_hook(
         lambda m, args: tokens.append(args[0]))
     model.loss(x, samples)
     tok = tokens[0][0].view(32, 32, -1)
     _, idx, sec = model.masks(x, samples)
     sec = sec[0].repeat_interleave(4, 0).repeat_interleave(4, 1).bool()
-    # after patch embedding, secondary-masked units hold the mask token
-    mt = model.backbone.mask_token.view(-1)
+    # after patch embedding, secondary-masked units hold the mask token,
+    # which replaces the projection before the embedding's LayerNorm
+    bb = model.backbone
+    mt = bb.patch_embed.norm(bb.mask_token).view(-1)
     assert torch.allclose(tok[sec], mt.expand(int(sec.sum()), -1))
     assert not torch.allclose(tok[~sec][:5], mt.expand(5, -1))
 
@@ -235,7 +237,7 @@ def test_predicting_only_the_loss_patches_changes_nothing(neck):
     new = model.loss(x, samples)['loss']
     g_new = grads(new)
     mask, index, secondary = model.masks(x, samples)
-    latent = model.backbone(model.compact(x, index), secondary)[-1]
+    latent = model.backbone(model.compact(x, index), secondary, index)[-1]
     full = model.neck(latent, index)  # B, L, p*p*3: every patch
     old = model.head.loss(full, x, mask.flatten(1))
     g_old = grads(old)

@@ -75,9 +75,12 @@ def sparse_full_size_reference(model, img, mask, secondary, num_stages=3):
     sec = secondary.float()[:, None].repeat_interleave(4, 2)
     sec = sec.repeat_interleave(4, 3)
     emb = emb * (1 - sec) + model.mask_token.view(1, -1, 1, 1) * sec
-    # the compact model's position of each visible token, at its true place
-    pos = model.pos_embed.view(1, 32, 32, -1).permute(0, 3, 1, 2)
-    x = (emb + units_to_full(pos.expand(B, -1, -1, -1), index, 4)) * vis
+    if model.positions == 'original':  # the full-size table, as it is
+        pos = model.pos((64, 64)).view(1, 64, 64, -1).permute(0, 3, 1, 2)
+    else:  # the compact table's entry of each visible token, at its place
+        pos = model.pos_embed.view(1, 32, 32, -1).permute(0, 3, 1, 2)
+        pos = units_to_full(pos.expand(B, -1, -1, -1), index, 4)
+    x = (emb + pos) * vis
 
     outs, unit = [], 4
     for s, stage in enumerate(model.stages[:num_stages]):
@@ -114,11 +117,16 @@ def test_compact_pools_are_halved():
     assert model.sr_ratios == (8, 4, 2, 1)
 
 
-def test_fig2_equivalence_compact_equals_sparse_full_size():
+@pytest.mark.parametrize('positions', ['original', 'compact'])
+def test_fig2_equivalence_compact_equals_sparse_full_size(positions):
     """Paper Fig. 2: the compact input with halved reduction windows gives,
-    token for token, the full-size sparse pipeline's stages 1-3."""
+    token for token, the full-size sparse pipeline's stages 1-3 (the last
+    2x2 merge joins units of four cells and has no full-size counterpart);
+    with ``positions='original'`` that pipeline adds the full-size sin-cos
+    table, ``'compact'`` its compact table's entry at each visible patch."""
     torch.manual_seed(0)
-    model = UMPVT(arch=TINY, img_size=128, out_indices=(0, 1, 2, 3))
+    model = UMPVT(arch=TINY, img_size=128, out_indices=(0, 1, 2, 3),
+                  positions=positions)
     model.init_weights()
     model.eval()
     img = torch.randn(2, 3, 256, 256)
@@ -127,7 +135,7 @@ def test_fig2_equivalence_compact_equals_sparse_full_size():
     compact = UMMAE.compact(SimpleNamespace(patch_size=16), img, index)
     sec_units = secondary.flatten(1).gather(1, index).view(2, 8, 8)
     with torch.no_grad():
-        outs = model(compact, sec_units)
+        outs = model(compact, sec_units, index)
         ref, _ = sparse_full_size_reference(model, img, mask, secondary)
     assert [o.shape[-1] for o in outs] == [32, 16, 8, 4]
     for s, (full, unit) in enumerate(ref):
@@ -137,7 +145,7 @@ def test_fig2_equivalence_compact_equals_sparse_full_size():
     # sanity: with the full-size ratios on the compact input it differs
     model.sr_ratios = (16, 8, 4, 2)  # compact pools 8, 4, 2, 1
     with torch.no_grad():
-        wrong = model(compact, sec_units)
+        wrong = model(compact, sec_units, index)
     assert (wrong[0] - outs[0]).abs().max() > 1e-3
 
 
@@ -150,10 +158,13 @@ def test_secondary_mask_token_and_position_reach_the_encoder():
         lambda m, args: seen.append(args[0]))
     mask = torch.zeros(1, 8, 8)
     mask[0, 2, 3] = 1
-    model(torch.randn(1, 3, 128, 128), mask)
-    tok = seen[0][0].view(32, 32, -1)[8:12, 12:16]  # unit (2, 3)
-    want = model.mask_token.view(-1) + model.pos_embed.view(32, 32, -1)[
-        8:12, 12:16]
+    uniform = torch.ones(1, 16, 16)
+    uniform[:, 1::2, ::2] = 0  # every cell keeps its bottom-left patch
+    model(torch.randn(1, 3, 128, 128), mask, visible_index(uniform))
+    tok = seen[0][0].view(32, 32, -1)[8:12, 12:16]  # compact unit (2, 3)
+    # = original unit (5, 6): the full-size table there
+    want = model.mask_token.view(-1) + model.pos_embed.view(64, 64, -1)[
+        20:24, 24:28]
     assert torch.allclose(tok, want, atol=1e-6)
 
 

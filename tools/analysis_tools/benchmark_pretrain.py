@@ -12,7 +12,9 @@ machine load hits all of them alike.
 
 Pairs (``--methods`` selects rows by name, see ``--list``):
 
-- UM-MAE vs SimMIM, Swin-T and PVT-S, 256 px (UM-MAE paper, Table 3);
+- UM-MAE vs SimMIM, Swin-T and PVT-S, 256 px (UM-MAE paper, Table 3),
+  with a second UM-MAE row whose encoder takes compact-grid positions
+  (``positions='compact'``), to show what the original positions cost;
 - GreenMIM vs SimMIM, Swin-B, 224 px, window 7 (``--swin-l`` adds Swin-L,
   window 14; ``--twins-l`` adds Twins-L (SVT-L), whose GreenMIM encoder also
   runs its convolutions sparsely);
@@ -95,11 +97,19 @@ ROWS = {
     'ummae_swin_t': _row('UM-MAE', 'Swin-T', 'configs/um_mae/swin_t_200e.py',
                          256, 'ummae', ref='simmim_swin_t',
                          targets=dict(time=2.5, mem=3.0, enc_flops=3.8)),
+    # the ablation of issue 13: offsets / sin-cos table on the compact grid
+    'ummae_swin_t_compact': _row('UM-MAE compact pos.', 'Swin-T',
+                                 'configs/um_mae/swin_t_200e.py', 256,
+                                 'ummae', ref='simmim_swin_t',
+                                 positions='compact'),
     'simmim_pvt_s': _row('SimMIM', 'PVT-S', 'configs/simmim/pvt_s_256_200e.py',
                          256, 'simmim'),
     'ummae_pvt_s': _row('UM-MAE', 'PVT-S', 'configs/um_mae/pvt_s_200e.py', 256,
                         'ummae', ref='simmim_pvt_s',
                         targets=dict(time=2.0, mem=2.0)),
+    'ummae_pvt_s_compact': _row('UM-MAE compact pos.', 'PVT-S',
+                                'configs/um_mae/pvt_s_200e.py', 256, 'ummae',
+                                ref='simmim_pvt_s', positions='compact'),
     'simmim_swin_b': _row('SimMIM', 'Swin-B', SIMMIM_SWIN_B, 224, 'simmim',
                           window=7),
     'greenmim_swin_b': _row('GreenMIM', 'Swin-B',
@@ -134,7 +144,8 @@ ROWS = {
     },
 }
 # rows timed together (interleaved), in table order
-PAIRS = [['simmim_swin_t', 'ummae_swin_t'], ['simmim_pvt_s', 'ummae_pvt_s'],
+PAIRS = [['simmim_swin_t', 'ummae_swin_t', 'ummae_swin_t_compact'],
+         ['simmim_pvt_s', 'ummae_pvt_s', 'ummae_pvt_s_compact'],
          ['simmim_swin_b', 'greenmim_swin_b'],
          ['simmim_swin_l', 'greenmim_swin_l'],
          ['simmim_twins_l', 'greenmim_twins_l'],
@@ -237,6 +248,8 @@ def load_config(name: str, args) -> Config:
     if family == 'ummae':  # the encoder sees the compact half-size image
         bb.img_size = img // 2
         model.neck.num_patches = (img // model.patch_size)**2
+        if 'positions' in spec:  # 'original' (the configs) or 'compact'
+            bb.positions = spec['positions']
     elif family == 'greenmim':
         model.neck.num_patches = (img // model.mask_unit)**2
     if family != 'ummae' and not _is_twins(bb):  # SVT takes any size
@@ -844,7 +857,32 @@ def format_table(results: List[dict], args) -> str:
         'index building; for Twins also the sparse convolutions\' index '
         'building)',
     ]
-    return '\n'.join(lines + [''] + notes + where_time_goes(results))
+    return '\n'.join(lines + [''] + notes + positions_cost(results) +
+                     where_time_goes(results))
+
+
+POSITIONS_COST = dict(time=5., act=10.)  # max % over 'compact' (issue 13)
+
+
+def positions_cost(results: List[dict]) -> List[str]:
+    """What UM-MAE's original positions (the configs' default) cost against
+    ``positions='compact'``: extra step time and saved activations, in %,
+    and the targets of issue 13, for each pair of such rows."""
+    by_name = {r['name']: r for r in results}
+    out = []
+    for r in results:
+        orig = by_name.get(r['name'][:-len('_compact')])
+        if r.get('positions') != 'compact' or orig is None:
+            continue
+        cost = {k: 100 * (orig[f'{k}_{u}'] / r[f'{k}_{u}'] - 1)
+                for k, u in (('time', 'ms'), ('act', 'mib'))}
+        verdict = ', '.join(
+            f"{label} {cost[k]:+.1f}% (<= {POSITIONS_COST[k]:g}% "
+            f"{'met' if cost[k] <= POSITIONS_COST[k] else 'MISSED'})"
+            for k, label in (('time', 'step time'), ('act', 'saved act.')))
+        out.append(f"{orig['method']} {orig['arch']}: original positions vs "
+                   f"compact: {verdict}")
+    return [''] + out if out else []
 
 
 def where_time_goes(results: List[dict]) -> List[str]:

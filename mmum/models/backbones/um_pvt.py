@@ -1,9 +1,10 @@
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from mmengine.model.weight_init import trunc_normal_
 
+from mmum.models.layers.um_positions import original_positions
 from mmum.registry import MODELS
 from .pvt import PVT, replace_with_mask_token
 
@@ -19,20 +20,37 @@ class UMPVT(PVT):
     encoder pools with ``max(r // 2, 1)`` -- {4, 2, 1, 1} for PVT's
     {8, 4, 2, 1} -- and the weights transfer unchanged to :class:`PVT`.
     Secondary-masked units get the learnable ``mask_token`` after the patch
-    embedding, before the position embedding.
+    embedding (which has no norm), before the position embedding.
 
-    The position table is built for the compact input (``img_size`` is the
-    compact size, e.g. 128 for 256-px images); :class:`PVT` interpolates it
-    to the fine-tuning size.
+    Positions (``img_size`` is the compact input size, e.g. 128 for 256-px
+    images): with ``positions='original'`` (default) the sin-cos table is
+    built for the original image (``2 * img_size``) and each visible patch
+    gets the entry of its original position, as in the original-size
+    pipeline of paper Fig. 2 and the released model; the forward then needs
+    the visible patches' original ``index``. ``'compact'`` builds the table
+    for the compact input and adds it on the compact grid (an ablation: the
+    encoder cannot tell where a patch sits in its cell). :class:`PVT`
+    interpolates either table to the fine-tuning size.
 
     Args:
+        arch, img_size: as :class:`PVT`; ``img_size`` is the compact size.
         unit (int): Masking unit in pixels. Defaults to 16.
+        positions (str): ``'original'`` or ``'compact'``. Defaults to
+            ``'original'``.
         **kwargs: Arguments of :class:`PVT`.
     """
 
-    def __init__(self, *args, unit: int = 16, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, arch='small', img_size: int = 224, *args,
+                 unit: int = 16, positions: str = 'original',
+                 **kwargs) -> None:
+        if positions not in ('original', 'compact'):
+            raise ValueError(f"positions must be 'original' or 'compact', "
+                             f'got {positions!r}')
+        full = positions == 'original'
+        super().__init__(arch, img_size * 2 if full else img_size, *args,
+                         **kwargs)
         self.unit = unit
+        self.positions = positions
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims[0]))
 
     @property
@@ -68,14 +86,37 @@ class UMPVT(PVT):
                 f'match the compact input {H}x{W}: expected (B, {units[0]}, '
                 f'{units[1]}), one entry per {self.unit}-px unit')
 
-    def forward(self, x: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> tuple:
+    def pos_at(self, index: Optional[torch.Tensor],
+               hw: Tuple[int, int]) -> torch.Tensor:
+        """Position embedding of the compact tokens (h*w at stride 4):
+        ``'original'``: the full-size (2h x 2w) table at each token's
+        original position, (B, h*w, C0); ``'compact'``: the table on the
+        compact grid, (1, h*w, C0)."""
+        if self.positions == 'compact':
+            return self.pos(hw)
+        h, w = hw
+        pos, _ = original_positions(index, hw,
+                                    self.patch_embed.projection.stride[0],
+                                    self.unit)  # B, h, w, 2
+        table = self.pos((2 * h, 2 * w))[0]  # 4*h*w, C0
+        return table[(pos[..., 0] * 2 * w + pos[..., 1]).flatten(1)]
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                index: Optional[torch.Tensor] = None) -> tuple:
         """x: compact input (B, 3, H/2, W/2); mask: (B, H/2u, W/2u), 1 = unit
-        replaced by the mask token. Without ``mask`` this is a plain
+        replaced by the mask token; index: (B, H/2u * W/2u) original unit of
+        each compact unit (``visible_index``; needed with
+        ``positions='original'``). Without ``mask`` this is a plain
         :class:`PVT` (full-size ratios)."""
         if mask is None:
             return super().forward(x)
         self.check_compact_input(x.shape[-2:], mask)
+        if self.positions == 'original' and index is None:
+            raise ValueError(
+                "UMPVT(positions='original') needs the visible patches' "
+                "original `index` (visible_index of the uniform mask); pass "
+                "it, or use positions='compact'")
         x, hw = self.patch_embed(x)  # B, h*w, C0 at stride 4
         x = replace_with_mask_token(x, hw, mask, self.mask_token)
-        return self.forward_stages(x + self.pos(hw), hw, self.compact_pools)
+        return self.forward_stages(x + self.pos_at(index, hw), hw,
+                                   self.compact_pools)

@@ -2,10 +2,13 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint as cp
 from mmengine.model.weight_init import trunc_normal_
 
+from mmum.models.layers.um_positions import original_positions
 from mmum.registry import MODELS
 from .cpb_swin import CPBSwinTransformer
+from .pvt import replace_with_mask_token
 
 
 @MODELS.register_module()
@@ -14,19 +17,42 @@ class UMSwinTransformer(CPBSwinTransformer):
 
     The compact input holds the one visible ``unit``-px patch of every 2x2
     cell (paper Fig. 1d). Secondary-masked units are replaced by a learnable
-    ``mask_token`` after the patch embedding. Windows are clamped (not
-    padded) where a stage's map is smaller than the window.
+    ``mask_token`` between the patch embedding's projection and its
+    LayerNorm, so the token is learned before the norm, as in the released
+    model (which normalises its ``vis_mask_token`` with the patch-embed
+    norm). Windows are clamped (not padded) where a stage's map is smaller
+    than the window.
+
+    With ``positions='original'`` (default) the relative-position bias of
+    each (query, key) pair comes from the two tokens' offset in the
+    original image, per sample and per stage (positions in tokens of the
+    stage, halved at each patch merging), as in the original-size pipeline
+    of paper Fig. 3 and the released model; the forward then needs the
+    visible patches' original ``index``. Stages 1-3 then equal that
+    pipeline token for token; the last patch merging joins units of four
+    cells (no full-size counterpart), whose token takes its top-left unit's
+    position (in half tokens, as released). ``'compact'`` takes offsets on the
+    compact grid (an ablation: the encoder cannot tell where a patch sits in
+    its cell). The fine-tuning :class:`CPBSwinTransformer` is the same either
+    way (on a dense grid both agree).
 
     Args:
         unit (int): Size of a masking unit (16-px patch) in pixels.
             Defaults to 16.
+        positions (str): ``'original'`` or ``'compact'``. Defaults to
+            ``'original'``.
         **kwargs: Arguments of :class:`CPBSwinTransformer`.
     """
 
-    def __init__(self, *args, unit: int = 16, **kwargs) -> None:
+    def __init__(self, *args, unit: int = 16, positions: str = 'original',
+                 **kwargs) -> None:
+        if positions not in ('original', 'compact'):
+            raise ValueError(f"positions must be 'original' or 'compact', "
+                             f'got {positions!r}')
         kwargs.setdefault('pad_small_map', False)
         super().__init__(*args, **kwargs)
         self.unit = unit
+        self.positions = positions
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
 
     def init_weights(self) -> None:
@@ -84,25 +110,67 @@ class UMSwinTransformer(CPBSwinTransformer):
                     'of 16*2^n px on the compact input, e.g. window_size=8 '
                     'at 256 px.')
 
-    def forward(self, x: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> tuple:
+    def embed(self, x: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """Patch embedding of the compact input ``x`` (B, 3, H/2, W/2) with
+        the units of ``mask`` (B, H/2u, W/2u), 1 = masked, replaced by
+        ``mask_token`` before the embedding's LayerNorm (the release's
+        parametrisation). Returns tokens (B, h*w, C) and (h, w)."""
+        pe = self.patch_embed
+        if pe.adaptive_padding is not None:
+            x = pe.adaptive_padding(x)
+        x = pe.projection(x)  # B, C, h, w
+        hw_shape = (x.shape[2], x.shape[3])
+        x = replace_with_mask_token(x.flatten(2).transpose(1, 2), hw_shape,
+                                    mask, self.mask_token)
+        if pe.norm is not None:
+            x = pe.norm(x)
+        return self.drop_after_pos(x), hw_shape
+
+    def stage_positions(self, index: Optional[torch.Tensor], stage: int,
+                        hw_shape: Sequence[int]):
+        """``(pos, k)`` of :func:`original_positions` for the tokens of
+        ``stage`` (``positions='original'``), else ``(None, 1)``."""
+        if self.positions == 'compact':
+            return None, 1
+        stride = self.patch_embed.projection.stride[0] * 2**stage
+        return original_positions(index, hw_shape, stride, self.unit)
+
+    @staticmethod
+    def forward_block(block, x: torch.Tensor, hw_shape, pos=None,
+                      k: int = 1) -> torch.Tensor:
+        """mmpretrain's ``SwinBlock.forward`` with the tokens' positions
+        ``pos`` (B, h, w, 2) passed to the attention."""
+
+        def inner(x):
+            x = x + block.attn(block.norm1(x), hw_shape, pos, k)
+            return block.ffn(block.norm2(x), identity=x)
+
+        if block.with_cp and x.requires_grad:
+            return cp.checkpoint(inner, x, use_reentrant=False)
+        return inner(x)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                index: Optional[torch.Tensor] = None) -> tuple:
         """x: compact input (B, 3, H/2, W/2); mask: (B, H/2u, W/2u), 1 =
-        unit replaced by the mask token. Without ``mask`` this is a plain
+        unit replaced by the mask token; index: (B, H/2u * W/2u) original
+        unit of each compact unit (``visible_index``; needed with
+        ``positions='original'``). Without ``mask`` this is a plain
         :class:`CPBSwinTransformer` (e.g. for feature extraction)."""
         if mask is None:
             return super().forward(x)
         self.check_compact_input(x.shape[-2:])
-        x, hw_shape = self.patch_embed(x)  # B, L, C with L = h*w tokens
-        B, L, _ = x.shape
-        scale = hw_shape[0] // mask.shape[-2]
-        w = mask.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-        w = w.flatten(1).unsqueeze(-1).type_as(x)  # B, L, 1
-        x = x * (1. - w) + self.mask_token.expand(B, L, -1) * w
-        x = self.drop_after_pos(x)
+        if self.positions == 'original' and index is None:
+            raise ValueError(
+                "UMSwinTransformer(positions='original') needs the visible "
+                "patches' original `index` (visible_index of the uniform "
+                "mask); pass it, or use positions='compact'")
+        x, hw_shape = self.embed(x, mask)  # B, L, C with L = h*w tokens
 
         outs = []
         for i, stage in enumerate(self.stages):
-            x, hw_shape = stage(x, hw_shape, do_downsample=False)
+            pos, k = self.stage_positions(index, i, hw_shape)
+            for block in stage.blocks:
+                x = self.forward_block(block, x, hw_shape, pos, k)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x)
                 outs.append(

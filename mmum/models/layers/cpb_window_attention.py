@@ -4,6 +4,11 @@ UM-MAE (appendix B.1) follows SwinV2's *continuous* position bias: the bias
 of a token pair is an MLP of their log-spaced relative coordinates, so it is
 defined for any window size and the window may change between pre-training
 and fine-tuning (8 -> 16, or 7 for dense tasks) with no weight surgery.
+
+UM-MAE pre-training may give the tokens their positions in the original
+image (:func:`mmum.models.layers.um_positions.original_positions`): the bias
+of a pair then comes from the two tokens' original offset, per sample
+(:meth:`LogCPB.pairwise`).
 """
 import math
 
@@ -11,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
+from torch.utils.checkpoint import checkpoint
 from mmpretrain.models.utils import ShiftWindowMSA
 
 
@@ -33,7 +39,14 @@ class LogCPB(nn.Module):
     def log_coords(window: int, device=None) -> torch.Tensor:
         """All relative offsets of a ``window`` x ``window`` window,
         log-spaced: ``sign(d) * log2(1 + |d|)``. Shape ((2w-1)^2, 2)."""
-        d = torch.arange(-(window - 1), window, device=device)
+        return LogCPB.log_grid(
+            torch.arange(-(window - 1), window, device=device))
+
+    @staticmethod
+    def log_grid(d: torch.Tensor) -> torch.Tensor:
+        """Every (row, col) offset pair of the 1-D offsets ``d`` (n,),
+        row-major, log-spaced: ``sign(d) * log2(1 + |d|)``. Shape (n^2, 2).
+        """
         table = torch.stack(torch.meshgrid(d, d, indexing='ij'), -1)
         return (torch.sign(table) * torch.log2(1 + table.abs())).flatten(0, 1)
 
@@ -53,6 +66,46 @@ class LogCPB(nn.Module):
         table = self.mlp(
             self.log_coords(window, device).to(self.mlp[0].weight.dtype))
         return table[self.index(window, device)].permute(2, 0, 1)
+
+    def pairwise(self, pos: torch.Tensor, scale: int,
+                 window: int) -> torch.Tensor:
+        """Bias of every (query, key) pair from per-token positions.
+
+        Args:
+            pos (Tensor): (B_, N, 2) integer (row, col) positions of the
+                ``N = window^2`` tokens of each window, in steps of
+                ``1 / scale`` token (:func:`original_positions`).
+            scale (int): Steps per token.
+            window (int): Window side on the compact map.
+
+        Returns:
+            Tensor: (B_, num_heads, N, N), the MLP at the offset
+            ``(pos_q - pos_k) / scale``.
+
+        In UM-MAE's compact window of ``window`` tokens, original offsets
+        span at most ``R = 2 * scale * (window - 1) + 1`` steps (the
+        original map is twice the compact one, plus the two tokens' places
+        in their cells), so the MLP runs once on that ``(2R + 1)^2`` table
+        and the pairs gather from it: no MLP per sample or window. Offsets
+        beyond it only join tokens that the shifted-window mask keeps apart
+        (-100); such pairs read whichever entry their index falls on.
+        """
+        R, n = 2 * scale * (window - 1) + 1, 4 * scale * (window - 1) + 3
+        w = self.mlp[0].weight
+        d = torch.arange(-R, R + 1, device=w.device, dtype=w.dtype) / scale
+        # recomputed in the backward: its hidden layer (n*n x hidden) would
+        # otherwise stay alive for every block
+        table = checkpoint(self.mlp, self.log_grid(d), use_reentrant=False,
+                           preserve_rng_state=False)
+        table = table.t().contiguous()  # heads, n*n
+        # table row of offset (dy, dx) is (dy + R) * n + dx + R: the
+        # difference of the tokens' codes y * n + x, shifted
+        code = pos[..., 0].long() * n + pos[..., 1]  # B_, N
+        index = (code[:, :, None] - code[:, None] + (R * n + R)).clamp_(
+            0, n * n - 1)  # B_, N, N
+        B_, N = code.shape
+        return table.index_select(1, index.view(-1)).view(
+            -1, B_, N, N).transpose(0, 1)
 
 
 class CPBWindowMSA(BaseModule):
@@ -79,14 +132,25 @@ class CPBWindowMSA(BaseModule):
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
-        """x: (num_windows*B, N, C); mask: (num_windows, N, N) or None."""
+    def forward(self, x: torch.Tensor, mask=None, positions=None,
+                pos_scale: int = 1) -> torch.Tensor:
+        """x: (num_windows*B, N, C); mask: (num_windows, N, N) or None;
+        positions: None (bias from the offsets inside the window) or
+        (num_windows*B, N, 2) int positions in steps of ``1 / pos_scale``
+        token (bias per pair, :meth:`LogCPB.pairwise`)."""
         B_, N, C = x.shape
         window = math.isqrt(N)
         # 3, B_, heads, N, C/heads
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(
             2, 0, 3, 1, 4)
-        bias = self.cpb(window)  # heads, N, N
+        if positions is not None:  # B_, heads, N, N
+            bias = self.cpb.pairwise(positions, pos_scale, window)
+            if mask is not None:
+                bias = (bias.unflatten(0, (-1, mask.shape[0])) +
+                        mask.unsqueeze(1)).flatten(0, 1)
+            mask = None
+        else:
+            bias = self.cpb(window)  # heads, N, N
         if mask is not None:  # shifted windows: broadcast, don't copy
             nW = mask.shape[0]
             q, k, v = (t.view(B_ // nW, nW, *t.shape[1:]) for t in (q, k, v))
@@ -113,7 +177,11 @@ class CPBShiftWindowMSA(ShiftWindowMSA):
         kwargs.setdefault('window_msa', CPBWindowMSA)
         super().__init__(*args, **kwargs)
 
-    def forward(self, query: torch.Tensor, hw_shape) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, hw_shape, positions=None,
+                pos_scale: int = 1) -> torch.Tensor:
+        """query: (B, H*W, C); positions: None or (B, H, W, 2) int token
+        positions (steps of ``1 / pos_scale`` token) that set the bias of
+        each pair (UM-MAE's original positions)."""
         B, L, C = query.shape
         H, W = hw_shape
         window, shift = self.window_size, self.shift_size
@@ -129,7 +197,17 @@ class CPBShiftWindowMSA(ShiftWindowMSA):
         attn_mask = self.get_attn_mask((Hp, Wp), window, shift, query.device)
         # nW*B, window*window, C
         windows = self.window_partition(query, window).view(-1, window**2, C)
-        windows = self.w_msa(windows, mask=attn_mask)
+        if positions is not None:
+            if (Hp, Wp) != (H, W):
+                raise ValueError(
+                    f'per-token positions need windows that tile the map; '
+                    f'got a {H}x{W} map and window {window}')
+            if shift:
+                positions = torch.roll(positions, (-shift, -shift), (1, 2))
+            positions = self.window_partition(positions, window).view(
+                -1, window**2, 2)  # nW*B, window*window, 2
+        windows = self.w_msa(windows, mask=attn_mask, positions=positions,
+                             pos_scale=pos_scale)
         x = self.window_reverse(
             windows.view(-1, window, window, C), Hp, Wp, window)
         if shift:

@@ -250,8 +250,16 @@ class LocalMIMSwin(UMSwinTransformer):
     with the mask token, layer ``k`` is block ``k`` counted over all stages,
     a stage's patch merging going with its last block. Leading frozen
     layers run under ``torch.no_grad``. Returns the (normalised) map of
-    every stage in ``out_indices``, as :class:`mmum.UMSwinTransformer`.
+    every stage in ``out_indices``, as :class:`mmum.UMSwinTransformer`
+    with ``positions='compact'`` (the only mode here: LocalMIM's forward
+    does not receive the visible patches' original positions).
     """
+
+    def __init__(self, *args, positions: str = 'compact', **kwargs) -> None:
+        if positions != 'compact':
+            raise ValueError(f"LocalMIMSwin supports positions='compact' "
+                             f'only, got {positions!r}')
+        super().__init__(*args, positions=positions, **kwargs)
 
     def get_layer_depth(self, param_name: str, prefix: str = ''):
         if param_name == prefix + 'mask_token':
@@ -279,13 +287,7 @@ class LocalMIMSwin(UMSwinTransformer):
         grad = torch.is_grad_enabled()
         self.check_compact_input(x.shape[-2:])
         with torch.set_grad_enabled(grad and n_frozen == 0):
-            x, hw_shape = self.patch_embed(x)  # (B, L, C)
-            B, L, _ = x.shape
-            scale = hw_shape[0] // mask.shape[-2]
-            w = mask.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-            w = w.flatten(1).unsqueeze(-1).type_as(x)  # (B, L, 1)
-            x = x * (1. - w) + self.mask_token.expand(B, L, -1) * w
-            x = self.drop_after_pos(x)
+            x, hw_shape = self.embed(x, mask)  # (B, L, C)
         outs, depth = [], 0
         for i, stage in enumerate(self.stages):
             for block in stage.blocks:

@@ -118,7 +118,8 @@ class UMMAE(BaseSelfSupervisor):
              **kwargs) -> Dict[str, torch.Tensor]:
         mask, index, secondary = self.masks(inputs, data_samples)
         x = self.compact(inputs, index)  # B, 3, H/2, W/2
-        latent = self.backbone(x, secondary)[-1]  # B, C, H/64, W/64
+        # the encoder gets each visible patch's original place (index)
+        latent = self.backbone(x, secondary, index)[-1]  # B, C, H/64, W/64
         # the loss reads the dropped patches only, so only they are predicted
         dropped = dropped_index(mask)  # B, M = 3/4 h*w
         pred = self.neck(latent, index, dropped)  # B, M, p*p*3
@@ -141,7 +142,8 @@ class UMMAE(BaseSelfSupervisor):
         """
         mask, index, secondary = self.masks(inputs, data_samples)
         pred = self.neck(self.backbone(self.compact(inputs, index),
-                                       secondary)[-1], index)  # B, L, p*p*3
+                                       secondary, index)[-1],
+                         index)  # B, L, p*p*3
         if self.head.norm_pix:
             target = self.head.patchify(inputs)
             B, h, w = mask.shape
