@@ -562,17 +562,26 @@ def _masked_encoders():
     from mmum.models.selfsup.local_mim import LocalMIMSwin
     g = torch.Generator().manual_seed(1)
     um_mask = (torch.rand(2, 4, 4, generator=g) < 0.25).float()
+    # original unit (of the 8x8 grid of a 128-px image) of each compact unit
+    cell = torch.randint(0, 4, (2, 4, 4), generator=g)
+    r, c = torch.meshgrid(torch.arange(4), torch.arange(4), indexing='ij')
+    index = ((2 * r + cell // 2) * 8 + 2 * c + cell % 2).flatten(1)
     compact = dict(arch=SWIN_ARCH, window_size=8, img_size=64,
-                   drop_path_rate=0., out_indices=(0, 1, 2, 3))
+                   drop_path_rate=0.)
     return {
         # name: (builder, input, forward kwargs); compact input 64 = 128 px
         'UMSwinTransformer': (lambda **kw: UMSwinTransformer(
-            **compact, **kw), (2, 3, 64, 64), dict(mask=um_mask)),
-        'LocalMIMSwin': (lambda **kw: LocalMIMSwin(**compact, **kw),
+            **{**compact, 'out_indices': (0, 1, 2, 3), **kw}), (2, 3, 64, 64), dict(mask=um_mask,
+                                                   index=index)),
+        'UMSwinTransformer-compact': (lambda **kw: UMSwinTransformer(
+            **compact, positions='compact', out_indices=(0, 1, 2, 3), **kw), (2, 3, 64, 64),
+            dict(mask=um_mask)),
+        'LocalMIMSwin': (lambda **kw: LocalMIMSwin(
+            **{**compact, 'out_indices': (0, 1, 2, 3), **kw}),
                          (2, 3, 64, 64), dict(mask=um_mask)),
         'UMPVT': (lambda **kw: UMPVT(arch=PVT_ARCH, img_size=64,
                                      out_indices=(0, 1, 2, 3), **kw),
-                  (2, 3, 64, 64), dict(mask=um_mask)),
+                  (2, 3, 64, 64), dict(mask=um_mask, index=index)),
         'GreenSwinTransformer': (lambda **kw: GreenSwinTransformer(
             arch=SWIN_ARCH, window_size=4, drop_path_rate=0.,
             out_indices=(0, 1, 2, 3), **kw), (2, 3, 128, 128),
@@ -638,3 +647,28 @@ def test_green_twins_with_cp_dense_path():
         assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, 64, 2, 2)
     with pytest.raises(ValueError, match='checkpoints the visible-token'):
         model(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize('name', ['UMSwinTransformer', 'LocalMIMSwin'])
+def test_um_swin_masked_path_arguments(name):
+    """UM-MAE's Swin: ``out_after_downsample`` is honoured on the masked
+    path, ``use_abs_pos_embed`` / ``pad_small_map`` (where it would pad)
+    are refused there with the reason, and honoured by the dense path."""
+    build_enc, shape, kw = _masked_encoders()[name]
+    x = torch.randn(*shape)
+    model = ev(build_enc(out_after_downsample=True,
+                         out_indices=(0, 1, 2)))
+    with torch.no_grad():
+        outs = model(x, **kw)
+    assert [tuple(o.shape) for o in outs] == [
+        (2, 32, 8, 8), (2, 64, 4, 4), (2, 128, 2, 2)]
+    model = build_enc(use_abs_pos_embed=True)
+    assert ev(model)(x)[0].shape[0] == 2  # dense path
+    with pytest.raises(ValueError, match='use_abs_pos_embed=True applies to '
+                       r'the dense path \(mask=None\) only'):
+        model(x, **kw)
+    model = build_enc(pad_small_map=True)
+    assert ev(model)(x)[0].shape[0] == 2
+    with pytest.raises(ValueError, match=r'pad_small_map=True applies to the '
+                       r'dense path \(mask=None\) only: stage 1'):
+        model(x, **kw)

@@ -294,11 +294,15 @@ class LocalMIMSwin(UMSwinTransformer):
                 depth += 1
                 with torch.set_grad_enabled(grad and depth >= n_frozen):
                     x = block(x, hw_shape)
+            merge = stage.downsample is not None
+            if merge and self.out_after_downsample:
+                with torch.set_grad_enabled(grad and depth >= n_frozen):
+                    x, hw_shape = stage.downsample(x, hw_shape)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x)
                 outs.append(out.view(-1, *hw_shape, self.num_features[i])
                             .permute(0, 3, 1, 2).contiguous())
-            if stage.downsample is not None:
+            if merge and not self.out_after_downsample:
                 with torch.set_grad_enabled(grad and depth >= n_frozen):
                     x, hw_shape = stage.downsample(x, hw_shape)
         return tuple(outs)
