@@ -62,9 +62,18 @@ def checkpoints(tmp_path_factory):
     return out
 
 
+# the Swin layout of the UM-MAE configs (the released one), as the
+# fine-tuning configs repeat it
+_FT = Config.fromfile('configs/finetune/um_mae_swin_t_100e.py').model.backbone
+RELEASED_SWIN = {k: _FT[k] for k in ('patch_merging', 'cpb_hidden_dims',
+                                     'norm_cfg', 'patch_cfg', 'stage_cfgs')}
+
+
 def finetune_cfg(arch, ckpt, **kwargs):
+    """A tiny fine-tuning backbone (a Swin in the configs' layout)."""
     if arch == 'swin':
-        cfg = dict(type='mmum.CPBSwinTransformer', arch=SWIN_TINY)
+        cfg = dict(type='mmum.CPBSwinTransformer', arch=SWIN_TINY,
+                   **copy.deepcopy(RELEASED_SWIN))
     else:
         cfg = dict(type='mmum.PVT', arch=PVT_TINY)
     cfg.update(kwargs)
@@ -145,7 +154,8 @@ def test_checkpoint_of_another_architecture_is_refused(checkpoints, arch,
 def test_other_size_and_missing_prefix_are_refused(checkpoints, tmp_path):
     ckpt, _ = checkpoints['swin']
     wide = dict(SWIN_TINY, embed_dims=64)
-    model = MODELS.build(dict(type='mmum.CPBSwinTransformer', arch=wide))
+    model = MODELS.build(dict(type='mmum.CPBSwinTransformer', arch=wide,
+                              **copy.deepcopy(RELEASED_SWIN)))
     with pytest.raises(ValueError, match=r'shape mismatches.*\(32'):
         model.load_state_dict(backbone_state(ckpt))
     # a whole-algorithm checkpoint loaded without prefix='backbone.'
@@ -204,6 +214,9 @@ def test_swin_l_config_builds():
     model = MODELS.build(cfg.model)
     assert model.backbone.embed_dims == 192
     assert len(model.neck.decoder_blocks) == 8
+    # released `mae_swin_large_256_dec512d8b64pmd`: 64-wide bias MLP
+    assert model.backbone.stages[0].blocks[0].attn.w_msa.cpb.mlp[0] \
+        .out_features == 64
 
 
 def test_simmim_swin_config_builds():
@@ -211,6 +224,15 @@ def test_simmim_swin_config_builds():
     model = MODELS.build(cfg.model)
     assert model.backbone.stages[0].blocks[0].attn.window_size == 8
     assert hasattr(model.backbone.stages[0].blocks[0].attn.w_msa, 'cpb')
+    # the same (released) layout as the UM-MAE Swin-T
+    um = MODELS.build(Config.fromfile('configs/um_mae/swin_t_200e.py')
+                      .model.backbone)
+    shapes = {k: v.shape for k, v in um.state_dict().items()
+              if k != 'mask_token'}
+    assert {k: v.shape for k, v in model.backbone.state_dict().items()
+            if k != 'mask_token'} == shapes
+    assert {m.eps for m in model.backbone.modules()
+            if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
     gen = [t for t in cfg.train_pipeline if t.type == 'SimMIMMaskGenerator']
     assert gen[0].input_size == 256
 

@@ -131,7 +131,8 @@ def test_overfits_one_batch():
     model = MODELS.build(cfg)
     model.init_weights()
     x, samples = photo_batch(64)
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, betas=(0.9, 0.95),
+    # 1e-3: the released (Xavier) initialisation starts larger than 0.02
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95),
                             weight_decay=0)
     losses = []
     for _ in range(100):
@@ -189,9 +190,16 @@ def test_window_changes_at_fine_tuning():
     model = build()
     sd = {k: v for k, v in model.backbone.state_dict().items()
           if k != 'mask_token'}
+    # the pre-training layout (released UM-MAE), as the fine-tuning configs
+    ln = dict(type='LN', eps=1e-6)
+    layout = dict(patch_merging='conv', cpb_hidden_dims=32, norm_cfg=ln,
+                  patch_cfg=dict(norm_cfg=ln),
+                  stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln),
+                                  downsample_cfg=dict(norm_cfg=ln)))
     for window, pad in [(16, False), (7, True)]:
         ft = CPBSwinTransformer(arch=TINY, window_size=window,
-                                pad_small_map=pad, out_indices=(0, 1, 2, 3))
+                                pad_small_map=pad, out_indices=(0, 1, 2, 3),
+                                **layout)
         missing, unexpected = ft.load_state_dict(sd, strict=False)
         # only the norms of the extra output stages are new
         assert not unexpected
@@ -289,3 +297,35 @@ def test_step_reads_no_device_data():
     assert loss.device.type == 'meta'
     loss.backward()
     assert model.backbone.mask_token.grad.device.type == 'meta'
+
+
+def test_initialised_as_released():
+    """Encoder and decoder start as the release's ``initialize_weights``:
+    Xavier-uniform linears (the bias MLP's 1x1 convs: N(0, sqrt(2/out))),
+    zero biases, the patch embedding Xavier-uniform as a linear map."""
+    import math
+
+    from mmum.models.layers import LogCPB
+    torch.manual_seed(0)
+    model = build()
+    cpb = {id(m) for c in model.modules() if isinstance(c, LogCPB)
+           for m in c.mlp}
+    cpb_w = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and id(m) in cpb:
+            cpb_w.append(m.weight.flatten() / math.sqrt(2 / m.out_features))
+        elif isinstance(m, torch.nn.Linear):
+            bound = math.sqrt(6 / (m.in_features + m.out_features))
+            w = m.weight
+            assert w.abs().max() <= bound, name
+            # uniform on [-b, b]: std b / sqrt(3)
+            assert abs(float(w.std()) * math.sqrt(3) / bound - 1) < 0.1, name
+        else:
+            continue
+        if m.bias is not None:
+            assert not m.bias.any(), name
+    assert abs(float(torch.cat(cpb_w).std()) - 1) < 0.05  # unit after scale
+    w = model.backbone.patch_embed.projection.weight.flatten(1)
+    bound = math.sqrt(6 / sum(w.shape))
+    assert w.abs().max() <= bound and \
+        abs(float(w.std()) * math.sqrt(3) / bound - 1) < 0.1

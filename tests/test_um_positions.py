@@ -69,10 +69,10 @@ def swin(positions='original', **kw):
                               cpb_hidden_dims=16, **kw)
     model.init_weights()
     with torch.no_grad():  # biases of a few logits, so that they matter
-        for m in model.modules():
+        for m in model.modules():  # (whatever the initialisation)
             if isinstance(m, LogCPB):
-                m.mlp[0].weight.mul_(20)
-                m.mlp[2].weight.mul_(20)
+                m.mlp[0].weight.normal_(0, 0.4)
+                m.mlp[2].weight.normal_(0, 0.4)
     model.eval()
     return model
 

@@ -177,7 +177,9 @@ def test_pretraining_step_decreases_loss():
     model = MODELS.build(cfg)
     model.init_weights()
     mask, secondary = masks(2)
-    x = torch.randn(2, 3, 256, 256)
+    # smooth images: their normalised patches are predictable (white noise
+    # leaves a loss floor of 1, which the released initialisation starts at)
+    x = F.interpolate(torch.randn(2, 3, 8, 8), size=256, mode='bilinear')
     samples = []
     for m, s in zip(mask, secondary):
         ds = DataSample()
@@ -186,7 +188,7 @@ def test_pretraining_step_decreases_loss():
         samples.append(ds)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
-    for _ in range(20):
+    for _ in range(30):
         loss = model.loss(x, samples)['loss']
         opt.zero_grad()
         loss.backward()

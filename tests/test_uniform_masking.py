@@ -16,7 +16,7 @@ def cells(mask):
         h // 2, w // 2, 4)
 
 
-@pytest.mark.parametrize('sampling', ['iid', 'balanced'])
+@pytest.mark.parametrize('sampling', ['released', 'iid', 'balanced'])
 @pytest.mark.parametrize('size', [256, 224, 64, 320])
 def test_one_visible_per_cell_and_secondary_count(sampling, size):
     t = UniformMasking(sampling=sampling)
@@ -50,6 +50,90 @@ def test_iid_positions_uniform_chi2():
     assert stats.chisquare(np.bincount(first, minlength=4)).pvalue > 1e-3
 
 
+def position_counts(t, cells_per_side, n):
+    """(n, 4): per draw, how many cells keep each position visible."""
+    g = 2 * cells_per_side
+    return np.stack([
+        np.bincount(cells(1 - t.sample(g, g)[0]).argmax(-1).ravel(),
+                    minlength=4) for _ in range(n)])
+
+
+def chi2_pvalue(observed, expected_p, min_expected=5):
+    """Chi-square goodness of fit over integer counts, tails pooled so that
+    every bin expects at least ``min_expected``."""
+    expected = expected_p * observed.sum()
+    obs, exp, o, e = [], [], 0, 0
+    for k in range(len(expected)):
+        o, e = o + observed[k], e + expected[k]
+        if e >= min_expected:
+            obs.append(o)
+            exp.append(e)
+            o, e = 0, 0
+    obs[-1] += o
+    exp[-1] += e
+    exp = np.array(exp) * sum(obs) / sum(exp)
+    return stats.chisquare(obs, exp).pvalue
+
+
+@pytest.mark.parametrize('side', [8, 3])  # 256 px (64 cells), 96 px (9)
+def test_released_counts_are_hypergeometric(side):
+    """Issue 13, finding 5: the release draws each image's n cell positions
+    without replacement from a shuffled pool holding each position
+    ceil(n/2) times, so a position's count per image is hypergeometric."""
+    np.random.seed(0)
+    n = side * side
+    k = -(-n // 2)
+    exact = stats.hypergeom(M=4 * k, n=k, N=n)  # population, successes, draws
+    counts = position_counts(UniformMasking(sampling='released'), side, 4000)
+    assert (counts.sum(1) == n).all()
+    # one position per image keeps the draws independent
+    c0 = counts[:, 0]
+    assert abs(c0.mean() - n / 4) < 4 * exact.std() / np.sqrt(len(c0))
+    # variance: 6.05 at 256 px (std 2.46), against 12 for iid and 0 for
+    # balanced; the sample variance's std is about var * sqrt(2 / N)
+    assert abs(c0.var(ddof=1) / exact.var() - 1) < 4 * np.sqrt(2 / len(c0))
+    observed = np.bincount(c0, minlength=n + 1)
+    assert chi2_pvalue(observed, exact.pmf(np.arange(n + 1))) > 1e-3
+    if side == 8:
+        assert abs(exact.std() - 2.46) < 0.01
+    # every position is as likely as the others
+    assert stats.chisquare(counts.sum(0)).pvalue > 1e-3
+
+
+def test_released_draws_equal_the_released_generator():
+    """Same numpy seed, same masks as the release's generator, written here
+    from its description: candidates of one dropped-pattern per position
+    (visible = 0), appended in groups of 4 until they are twice the cells,
+    rows shuffled, the first n cells taken row-major."""
+    def released(h, w):
+        n = h * w // 4
+        pool = []
+        while len(pool) < 2 * n:
+            for j in range(4):
+                pool.append(np.where(np.arange(4) == j, 0, 1))
+        pool = np.array(pool)
+        np.random.shuffle(pool)
+        m = pool[:n].reshape(h // 2, w // 2, 2, 2)
+        return m.transpose(0, 2, 1, 3).reshape(h, w)
+
+    t = UniformMasking(sampling='released')
+    for h, w in [(16, 16), (6, 6), (14, 10)]:
+        for seed in range(5):
+            np.random.seed(seed)
+            want = released(h, w)
+            np.random.seed(seed)
+            assert (t.sample(h, w)[0] == want).all(), (h, w, seed)
+
+
+def test_iid_counts_are_binomial():
+    np.random.seed(1)
+    c0 = position_counts(UniformMasking(sampling='iid'), 8, 3000)[:, 0]
+    exact = stats.binom(64, 0.25)  # std 3.46
+    observed = np.bincount(c0, minlength=65)
+    assert chi2_pvalue(observed, exact.pmf(np.arange(65))) > 1e-3
+    assert abs(c0.var(ddof=1) / exact.var() - 1) < 4 * np.sqrt(2 / 3000)
+
+
 def test_balanced_positions_exact():
     t = UniformMasking(sampling='balanced')
     for r in draw(t, 256, n=50):
@@ -78,7 +162,8 @@ def test_reproducible_under_seed():
 @pytest.mark.parametrize('kwargs, match', [
     (dict(secondary_ratio=1.0), r'secondary_ratio.*\[0, 1\).*1\.0'),
     (dict(secondary_ratio=-0.1), r'secondary_ratio.*-0\.1'),
-    (dict(sampling='grid'), r"sampling.*'iid', 'balanced'.*'grid'"),
+    (dict(sampling='grid'),
+     r"sampling.*'released', 'iid', 'balanced'.*'grid'"),
     (dict(patch_size=0), r'patch_size.*0'),
 ])
 def test_bad_arguments(kwargs, match):

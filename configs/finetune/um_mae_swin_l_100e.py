@@ -10,6 +10,7 @@ pretrained = 'work_dirs/um_mae_swin_l_800e/epoch_800.pth'
 model = dict(
     backbone=dict(
         arch='large',
+        cpb_hidden_dims=64,  # as the released Swin-L pre-training
         drop_path_rate=0.2,
         init_cfg=dict(checkpoint=pretrained)),
     head=dict(in_channels=1536))

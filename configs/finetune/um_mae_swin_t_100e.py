@@ -15,6 +15,7 @@ custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 # the UM-MAE pre-training checkpoint (whole algorithm: backbone./neck./head.)
 pretrained = 'work_dirs/um_mae_swin_t_200e/epoch_200.pth'
 
+ln = dict(type='LN', eps=1e-6)
 model = dict(
     type='ImageClassifier',
     backbone=dict(
@@ -26,6 +27,14 @@ model = dict(
         window_size=8,
         drop_path_rate=0.1,
         out_indices=(3, ),
+        # the pre-training architecture (released UM-MAE layout): LN + conv
+        # patch merging, 32-wide bias MLP, LayerNorm eps 1e-6
+        patch_merging='conv',
+        cpb_hidden_dims=32,
+        norm_cfg=ln,
+        patch_cfg=dict(norm_cfg=ln),
+        stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln), downsample_cfg=dict(
+            norm_cfg=ln)),
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(type='GlobalAveragePooling'),

@@ -55,6 +55,7 @@ def cascade_bbox_head(stds):
         loss_bbox=dict(type='GIoULoss', loss_weight=10.0))
 
 
+ln = dict(type='LN', eps=1e-6)
 model = dict(
     backbone=dict(
         _delete_=True,
@@ -65,6 +66,14 @@ model = dict(
         pad_small_map=True,
         drop_path_rate=0.2,
         out_indices=(0, 1, 2, 3),
+        # the pre-training architecture (released UM-MAE layout): LN + conv
+        # patch merging, 64-wide bias MLP, LayerNorm eps 1e-6
+        patch_merging='conv',
+        cpb_hidden_dims=64,
+        norm_cfg=ln,
+        patch_cfg=dict(norm_cfg=ln),
+        stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln), downsample_cfg=dict(
+            norm_cfg=ln)),
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[192, 384, 768, 1536]),

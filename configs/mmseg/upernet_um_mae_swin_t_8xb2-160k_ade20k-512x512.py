@@ -21,6 +21,7 @@ custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 pretrained = 'work_dirs/um_mae_swin_t_100e/epoch_100.pth'
 crop_size = (512, 512)
 
+ln = dict(type='LN', eps=1e-6)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
@@ -32,6 +33,14 @@ model = dict(
         pad_small_map=True,
         drop_path_rate=0.1,
         out_indices=(0, 1, 2, 3),
+        # the pre-training architecture (released UM-MAE layout): LN + conv
+        # patch merging, 32-wide bias MLP, LayerNorm eps 1e-6
+        patch_merging='conv',
+        cpb_hidden_dims=32,
+        norm_cfg=ln,
+        patch_cfg=dict(norm_cfg=ln),
+        stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln), downsample_cfg=dict(
+            norm_cfg=ln)),
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),

@@ -1,7 +1,8 @@
-# SimMIM baseline of UM-MAE's Table 3: Swin-T (window 8, same CPB
-# architecture as UM-MAE) at the same 256 px and with the same schedule as
-# configs/um_mae/swin_t_200e.py. The encoder sees the whole image with 75%
-# of its 16-px patches replaced by a mask token (random, as MAE samples).
+# SimMIM baseline of UM-MAE's Table 3: Swin-T (window 8, the same CPB
+# architecture as UM-MAE, in its released layout) at the same 256 px and
+# with the same schedule as configs/um_mae/swin_t_200e.py. The encoder sees
+# the whole image with 75% of its 16-px patches replaced by a mask token
+# (random, as MAE samples).
 #   tools/dist_train.sh configs/simmim/swin_t_256_200e.py 8
 _base_ = [
     '../_base_/datasets/imagenet_bs128_um_mae_256.py',
@@ -28,6 +29,7 @@ train_pipeline = [
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
+ln = dict(type='LN', eps=1e-6)
 model = dict(
     type='mmpretrain.SimMIM',
     data_preprocessor=dict(
@@ -40,7 +42,15 @@ model = dict(
         arch='tiny',
         img_size=256,
         drop_path_rate=0.0,
-        stage_cfgs=dict(block_cfgs=dict(window_size=8))),
+        # UM-MAE's (released) Swin layout: LN + conv patch merging, 32-wide
+        # bias MLP, LayerNorm eps 1e-6
+        patch_merging='conv',
+        cpb_hidden_dims=32,
+        norm_cfg=ln,
+        patch_cfg=dict(norm_cfg=ln),
+        stage_cfgs=dict(
+            block_cfgs=dict(window_size=8, norm_cfg=ln),
+            downsample_cfg=dict(norm_cfg=ln))),
     neck=dict(type='SimMIMLinearDecoder', in_channels=768, encoder_stride=32),
     head=dict(
         type='SimMIMHead',

@@ -1,4 +1,5 @@
-# UM-MAE, Swin-T, 200 epochs on ImageNet-1K at 256 px (paper Table 8):
+# UM-MAE, Swin-T, 200 epochs on ImageNet-1K at 256 px (paper Table 8), the
+# released architecture and Uniform Sampling (see the _base_ files):
 #   tools/dist_train.sh configs/um_mae/swin_t_200e.py 8
 _base_ = [
     '../_base_/models/um_mae_swin_t.py',

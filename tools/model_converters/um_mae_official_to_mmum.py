@@ -5,9 +5,15 @@
 ``SRC`` is a checkpoint of the official release (a dict whose ``'model'``
 entry, or the dict itself, holds the flat MAE-style state dict); ``DST`` gets
 ``{'state_dict': ..., 'meta': {...}}`` with mmum's ``backbone.`` / ``neck.``
-keys, loadable by the pre-training config (to continue pre-training) or, with
-``prefix='backbone.'``, by the fine-tuning backbones. The script prints the
-model settings the weights need.
+keys. mmum's UM-MAE configs have the released architecture, so the result
+loads with a strict key check into the unchanged pre-training config (to
+continue pre-training) -- ``configs/um_mae/swin_t_200e.py`` for
+``mae_swin_tiny_256``, ``swin_l_800e.py`` for ``mae_swin_large_256``
+(``..._dec512d8b64pmd``), ``pvt_s_200e.py`` for ``mae_pvt_small_256`` -- and,
+with ``prefix='backbone.'``, into the fine-tuning / mmdet / mmseg configs.
+The script names that config; for a non-default variant (e.g. the 2-block
+``mae_swin_large_256_dec512d2b``) it also prints the ``--cfg-options`` that
+differ from it.
 
 The official layout, as this importer understands it (Swin and PVT are
 told apart by their attention keys):
@@ -51,10 +57,10 @@ sr/norm``
 
 Assumptions and exact rewrites:
 
-(*) Swin: the release normalises ``vis_mask_token`` with
-    ``patch_embed.norm`` before it replaces a token; mmum's token replaces
-    the already normalised embedding, so mmum stores the normalised token
-    (LayerNorm eps 1e-6). PVT: copied as is.
+(*) copied as is. Swin: the release normalises ``vis_mask_token`` with
+    ``patch_embed.norm`` before it replaces a token, and mmum's
+    :class:`UMSwinTransformer` places its ``mask_token`` before that norm:
+    the same function and the same parametrisation.
 (**) the bias MLP is a pair of 1x1 convs on ``sign(d) * ln(1 + |d|)``
     with ``d`` = key position - query position; mmum's :class:`LogCPB` is
     two linears on ``sign(d) * log2(1 + |d|)`` with ``d`` = query - key and
@@ -65,17 +71,18 @@ Assumptions and exact rewrites:
 
 Both directions are implemented (:func:`official_to_mmum`,
 :func:`mmum_to_official`); official -> mmum -> official is the identity but
-for the two rewrites above. The official blocks use LayerNorm eps 1e-6; set
-it in the mmum config for bit-exactness (printed by the script).
+for the dropped output bias (**). The official model uses LayerNorm eps 1e-6
+everywhere but in PVT's key/value norm (1e-5); mmum's configs do the same
+(including the Swin patch-merging norm).
 """
 import argparse
 import math
+import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 
 SWIN_BLOCK = {
     'norm1': 'norm1', 'norm2': 'norm2', 'attn.qkv': 'attn.w_msa.qkv',
@@ -96,7 +103,6 @@ DECODER = {
     'decoder_embed': 'decoder_embed', 'decoder_norm': 'ln1',
     'decoder_pred': 'decoder_pred'
 }
-LN_EPS = 1e-6
 
 
 def detect_arch(sd: Dict[str, torch.Tensor]) -> str:
@@ -129,11 +135,6 @@ def _sub(sd, old, new, out):
     for k in used:
         out[new + k[len(old):]] = sd[k]
     return used
-
-
-def _mask_token_norm(sd):
-    w, b = sd['patch_embed.norm.weight'], sd['patch_embed.norm.bias']
-    return F.layer_norm(sd['vis_mask_token'], w.shape, w, b, LN_EPS)
 
 
 def official_to_mmum(sd: Dict[str, torch.Tensor]
@@ -177,13 +178,9 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     if arch == 'swin':
         used.update(_sub(sd, 'patch_embed.norm', 'backbone.patch_embed.norm',
                          out))
-        if 'vis_mask_token' in sd:
-            out['backbone.mask_token'] = _mask_token_norm(sd)
     else:
         used.update(_sub(sd, 'pos_embed', 'backbone.pos_embed', out))
-        used.update(_sub(sd, 'vis_mask_token', 'backbone.mask_token', out))
-    if 'vis_mask_token' in sd:
-        used.add('vis_mask_token')
+    used.update(_sub(sd, 'vis_mask_token', 'backbone.mask_token', out))
 
     for old, new in DECODER.items():
         used.update(_sub(sd, old, f'neck.{new}', out))
@@ -207,9 +204,8 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
 
 def mmum_to_official(sd: Dict[str, torch.Tensor],
                      arch: str) -> Dict[str, torch.Tensor]:
-    """Inverse of :func:`official_to_mmum` (the ``vis_mask_token`` of a Swin
-    is written already normalised and the bias MLP's output bias as 0; both
-    give the same function)."""
+    """Inverse of :func:`official_to_mmum` (the bias MLP's output bias is
+    written as 0: the same function)."""
     if arch not in ('swin', 'pvt'):
         raise ValueError(f"arch must be 'swin' or 'pvt', got {arch!r}")
     out, used = OrderedDict(), set()
@@ -273,20 +269,41 @@ def mmum_to_official(sd: Dict[str, torch.Tensor],
     return out
 
 
-def mmum_settings(sd: Dict[str, torch.Tensor], arch: str) -> dict:
-    """Model settings the imported weights need (printed as a hint)."""
-    eps = dict(type='LN', eps=LN_EPS)
+CONFIGS = dict(  # arch, first width -> released default config
+    swin={96: 'configs/um_mae/swin_t_200e.py',
+          192: 'configs/um_mae/swin_l_800e.py'},
+    pvt={64: 'configs/um_mae/pvt_s_200e.py'})
+
+
+def released_config(sd: Dict[str, torch.Tensor], arch: str,
+                    root: str = '.') -> Tuple[str, dict]:
+    """The mmum config whose model the converted ``sd`` fits, and the
+    ``--cfg-options`` that differ from it (``{}`` for the released
+    recommended models); ``root`` is the repository root.
+
+    Raises:
+        ValueError: no mmum config has the encoder width of ``sd``.
+    """
+    from mmengine.config import Config
+    width = sd['backbone.patch_embed.projection.weight'].shape[0]
+    if width not in CONFIGS[arch]:
+        raise ValueError(
+            f'no mmum UM-MAE config for a {arch} with a {width}-channel '
+            f'stem; known: {CONFIGS}')
+    path = CONFIGS[arch][width]
+    model = Config.fromfile(osp.join(root, path)).model
+    found = dict(
+        neck=dict(
+            decoder_embed_dim=sd['neck.mask_token'].shape[-1],
+            decoder_depth=len({k.split('.')[2] for k in sd
+                               if k.startswith('neck.decoder_blocks.')})))
     if arch == 'swin':
-        hidden = sd['backbone.stages.0.blocks.0.attn.w_msa.cpb.mlp.0.weight']
-        backbone = dict(
-            type='mmum.UMSwinTransformer', patch_merging='conv',
-            cpb_hidden_dims=hidden.shape[0], norm_cfg=eps,
-            patch_cfg=dict(norm_cfg=eps),
-            stage_cfgs=dict(block_cfgs=dict(norm_cfg=eps)))
-    else:
-        backbone = dict(type='mmum.UMPVT', img_size=128)
-    return dict(backbone=backbone,
-                neck=dict(type='mmum.UMMAEEmbedFirstDecoder'))
+        found['backbone'] = dict(cpb_hidden_dims=sd[
+            'backbone.stages.0.blocks.0.attn.w_msa.cpb.mlp.0.weight'].shape[0])
+    options = {f'model.{part}.{k}': v
+               for part, values in found.items() for k, v in values.items()
+               if model[part].get(k) != v}
+    return path, options
 
 
 def load_official(path: str) -> Dict[str, torch.Tensor]:
@@ -303,11 +320,14 @@ def main():
     parser.add_argument('dst', help='mmum checkpoint to write')
     args = parser.parse_args()
     sd, arch = official_to_mmum(load_official(args.src))
+    root = osp.join(osp.dirname(osp.abspath(__file__)), '..', '..')
+    config, options = released_config(sd, arch, root)
     torch.save({'state_dict': sd,
                 'meta': dict(source=args.src, converted_from='um_mae_official',
-                             arch=arch)}, args.dst)
-    print(f'{arch}: wrote {len(sd)} tensors to {args.dst}; the model needs\n'
-          f'  {mmum_settings(sd, arch)}')
+                             arch=arch, config=config)}, args.dst)
+    print(f'{arch}: wrote {len(sd)} tensors to {args.dst}; they load into '
+          f'{config}' + (' with --cfg-options ' + ' '.join(
+              f'{k}={v}' for k, v in options.items()) if options else ''))
 
 
 if __name__ == '__main__':

@@ -13,7 +13,12 @@ train_pipeline = [
         backend='pillow',
         interpolation='bicubic'),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='mmum.UniformMasking', patch_size=16, secondary_ratio=0.25),
+    # one visible patch per 2x2 cell, positions drawn as the release does
+    dict(
+        type='mmum.UniformMasking',
+        patch_size=16,
+        secondary_ratio=0.25,
+        sampling='released'),
     dict(type='PackInputs', algorithm_keys=['secondary_mask']),
 ]
 

@@ -27,18 +27,35 @@ class UniformMasking(BaseTransform):
         patch_size (int): Side of a masking unit in pixels. Defaults to 16.
         secondary_ratio (float): Share of the sampled patches that get the
             mask token, in [0, 1). Defaults to 0.25.
-        sampling (str): Where the visible patch sits in each cell.
-            ``'iid'``: independent and uniform per cell. ``'balanced'``: each
-            of the four positions is used equally often over the image (as
-            the official code does). Defaults to ``'iid'``.
+        sampling (str): How each image's cells get the position (one of 4)
+            of their visible patch; with ``n`` cells:
+
+            - ``'released'`` (default; paper configs): the official UM-MAE
+              sampler (``RandomMaskingGenerator(regular=True)``). A pool
+              holds each of the 4 positions ``ceil(n / 2)`` times (``2n``
+              entries for even ``n``); it is shuffled and the cells, in
+              row-major order, take its first ``n`` entries: a draw without
+              replacement. The count of each position per image is
+              hypergeometric (population ``4 ceil(n/2)``, ``ceil(n/2)``
+              successes, ``n`` draws): mean ``n/4``, std 2.46 at 256 px
+              (``n = 64``).
+            - ``'iid'``: every cell independently uniform over the 4
+              positions; the count of a position per image is
+              ``Binomial(n, 1/4)`` (std 3.46 at 256 px).
+            - ``'balanced'``: every position exactly ``n // 4`` times, the
+              ``n % 4`` remaining cells take distinct positions, in a random
+              arrangement (std 0 at 256 px). Not the released behaviour.
+
+            The secondary mask is the same for all three: a uniformly random
+            subset of ``round(n * secondary_ratio)`` of the visible patches.
     """
 
-    SAMPLINGS = ('iid', 'balanced')
+    SAMPLINGS = ('released', 'iid', 'balanced')
 
     def __init__(self,
                  patch_size: int = 16,
                  secondary_ratio: float = 0.25,
-                 sampling: str = 'iid') -> None:
+                 sampling: str = 'released') -> None:
         if not isinstance(patch_size, int) or patch_size <= 0:
             raise ValueError(
                 f'patch_size must be a positive int, got {patch_size!r}')
@@ -86,7 +103,12 @@ class UniformMasking(BaseTransform):
                              f' got {h}x{w}')
         ch, cw = h // 2, w // 2
         n = ch * cw
-        if self.sampling == 'iid':
+        if self.sampling == 'released':  # n of 4*ceil(n/2), no replacement
+            # the release's pool order (0, 1, 2, 3, 0, 1, ...): same draws
+            # as its generator under the same numpy seed
+            pos = np.random.permutation(np.tile(np.arange(4), -(-n // 2)))
+            pos = pos[:n]
+        elif self.sampling == 'iid':
             pos = np.random.randint(0, 4, size=n)
         else:  # 'balanced': n // 4 of each position, remainder distinct
             pos = np.concatenate([

@@ -20,6 +20,12 @@ class CPBSwinTransformer(SwinTransformer):
     between pre-training and fine-tuning. With ``pad_small_map=False`` a
     stage whose map is smaller than the window clamps the window to the map.
 
+    The defaults give mmpretrain's layout (an option). mmum's UM-MAE,
+    SimMIM-Swin, fine-tuning, mmdet and mmseg configs use the released
+    UM-MAE layout: ``patch_merging='conv'``, ``cpb_hidden_dims`` 32 (Tiny) /
+    64 (Large) and LayerNorm eps 1e-6 through ``norm_cfg``, ``patch_cfg``
+    and ``stage_cfgs`` (``block_cfgs`` and ``downsample_cfg``).
+
     Args:
         cpb_hidden_dims (int): Width of the bias MLP. Defaults to 256.
         patch_merging (str): ``'linear'`` (mmpretrain's ``PatchMerging``) or
@@ -37,9 +43,16 @@ class CPBSwinTransformer(SwinTransformer):
         super().__init__(*args, **kwargs)
         # init_cfg type='Pretrained': mmum's strict version (pretrained.py)
         self.init_cfg = use_strict_pretrained(self.init_cfg)
+        self.use_cpb_parts(cpb_hidden_dims, patch_merging)
+
+    def use_cpb_parts(self, cpb_hidden_dims: int, patch_merging: str) -> None:
+        """Swap in the CPB attention of width ``cpb_hidden_dims`` and, for
+        ``patch_merging='conv'``, :class:`ConvPatchMerging` (its LayerNorm
+        keeps the eps of the stage's ``downsample_cfg``)."""
         if patch_merging == 'conv':
             for stage in self.stages:
-                if stage.downsample is not None:
+                if stage.downsample is not None and not isinstance(
+                        stage.downsample, ConvPatchMerging):
                     old = stage.downsample
                     stage.downsample = ConvPatchMerging(
                         old.in_channels, old.out_channels, old.norm.eps)
@@ -47,7 +60,7 @@ class CPBSwinTransformer(SwinTransformer):
             for block in stage.blocks:
                 old = block.attn
                 block.attn = CPBShiftWindowMSA(
-                    embed_dims=old.w_msa.embed_dims,
+                    embed_dims=old.w_msa.qkv.in_features,
                     num_heads=old.w_msa.num_heads,
                     window_size=old.window_size,
                     shift_size=old.shift_size,

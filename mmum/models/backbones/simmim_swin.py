@@ -10,7 +10,23 @@ class SimMIMCPBSwinTransformer(SimMIMSwinTransformer, CPBSwinTransformer):
     bias, so the SimMIM baseline (paper Table 3) has the same architecture
     as UM-MAE's Swin and both load into :class:`CPBSwinTransformer`.
 
-    Only the class order does the work: ``SimMIMSwinTransformer`` gives the
+    The class order does the work: ``SimMIMSwinTransformer`` gives the
     ``mask_token`` and ``forward(x, mask)``, ``CPBSwinTransformer`` swaps
-    in the CPB attention.
+    in the CPB attention; ``cpb_hidden_dims`` and ``patch_merging`` (which
+    mmpretrain's SimMIM constructor does not pass on) are applied after it,
+    so the baseline can have UM-MAE's released layout.
+
+    Args:
+        cpb_hidden_dims (int): Width of the bias MLP. Defaults to 256.
+        patch_merging (str): ``'linear'`` or ``'conv'``. Defaults to
+            ``'linear'``.
+        **kwargs: Arguments of mmpretrain's ``SimMIMSwinTransformer``.
     """
+
+    def __init__(self, *args, cpb_hidden_dims: int = 256,
+                 patch_merging: str = 'linear', **kwargs) -> None:
+        if patch_merging not in ('linear', 'conv'):
+            raise ValueError(f"patch_merging must be 'linear' or 'conv', got "
+                             f'{patch_merging!r}')
+        super().__init__(*args, **kwargs)
+        self.use_cpb_parts(cpb_hidden_dims, patch_merging)

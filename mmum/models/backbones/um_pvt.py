@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 from mmengine.model.weight_init import trunc_normal_
 
+from mmum.models.layers import init_as_released
 from mmum.models.layers.um_positions import original_positions
 from mmum.registry import MODELS
 from .pvt import PVT, replace_with_mask_token
@@ -58,10 +59,13 @@ class UMPVT(PVT):
         return tuple(max(r // 2, 1) for r in self.sr_ratios)
 
     def init_weights(self) -> None:
+        """As the release: mask token ``N(0, 0.02)``, Xavier-uniform
+        linears and patch embedding (:func:`init_as_released`)."""
         super().init_weights()
         if not (isinstance(self.init_cfg, dict)
                 and self.init_cfg.get('type') == 'Pretrained'):
             trunc_normal_(self.mask_token, std=.02)
+            init_as_released(self, self.patch_embed.projection)
 
     def check_compact_input(self, hw, mask: torch.Tensor) -> None:
         H, W = hw

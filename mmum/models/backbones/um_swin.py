@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmengine.model.weight_init import trunc_normal_
 
+from mmum.models.layers import init_as_released
 from mmum.models.layers.um_positions import original_positions
 from mmum.registry import MODELS
 from .cpb_swin import CPBSwinTransformer
@@ -56,22 +57,14 @@ class UMSwinTransformer(CPBSwinTransformer):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
 
     def init_weights(self) -> None:
+        """As the release: mask token ``N(0, 0.02)``, Xavier-uniform
+        linears and patch embedding (:func:`init_as_released`)."""
         super().init_weights()
         if isinstance(self.init_cfg, dict) and \
                 self.init_cfg.get('type') == 'Pretrained':
             return
         trunc_normal_(self.mask_token, std=.02)
-        self.apply(self._init_linear_and_norm)
-
-    @staticmethod
-    def _init_linear_and_norm(m):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
+        init_as_released(self, self.patch_embed.projection)
 
     def check_compact_input(self, hw: Sequence[int]) -> None:
         """Check paper §3.1: the compact pipeline equals the sparse

@@ -8,6 +8,8 @@ from .conv_patch_merging import ConvPatchMerging  # noqa: E402
 __all__ += ['ConvPatchMerging']
 from .query_subset import block_at, blocks_at  # noqa: E402
 __all__ += ['block_at', 'blocks_at']
+from .released_init import init_as_released  # noqa: E402
+__all__ += ['init_as_released']
 from .sparse_conv import (build_neighbour_index, build_strided_index,  # noqa
                           sparse_strided_conv, submanifold_dwconv3x3)
 __all__ += ['build_neighbour_index', 'build_strided_index',

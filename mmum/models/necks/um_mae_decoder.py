@@ -19,6 +19,10 @@ class UMMAEPretrainDecoder(MAEPretrainDecoder):
     dropped patches, and mmpretrain's MAE decoder blocks (fixed sin-cos
     positions, no class token) predict every patch's pixels.
 
+    This layout (PixelShuffle first, then a ``C/r^2 -> D`` embedding: 192 ->
+    512 for Swin-T) is an option; the released one, the default of the
+    UM-MAE configs, embeds first: :class:`UMMAEEmbedFirstDecoder`.
+
     Args:
         upscale_factor (int): PixelShuffle factor from the encoder's last
             stride to the unit grid of the compact input. Defaults to 2.
