@@ -8,6 +8,7 @@ output shapes for odd input sizes, frozen stages (``requires_grad`` and
 and strict checkpoint round trips with the mmpretrain class where the
 parameter layouts are shared. Written for mmum; tiny archs, small images.
 """
+import copy
 import inspect
 import math
 import os.path as osp
@@ -15,7 +16,8 @@ from itertools import chain
 
 import pytest
 import torch
-from mmpretrain.models import SVT, MAEViT, SwinTransformer, VisionTransformer
+from mmpretrain.models import (PCPVT, SVT, MAEViT, SwinTransformer,
+                               VisionTransformer)
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmum.models.backbones import (PVT, UMPVT, CPBSwinTransformer,
@@ -672,3 +674,34 @@ def test_um_swin_masked_path_arguments(name):
     with pytest.raises(ValueError, match=r'pad_small_map=True applies to the '
                        r'dense path \(mask=None\) only: stage 1'):
         model(x, **kw)
+
+
+# -- Deliver 1: the mmpretrain class's arguments, at its defaults -------------
+STAND_INS = {  # ours: (mmpretrain class, arguments refused with a reason)
+    'CPBSwinTransformer': (SwinTransformer, {}),
+    'UMSwinTransformer': (SwinTransformer, {}),
+    'GreenSwinTransformer': (SwinTransformer, {}),
+    'PVT': (PCPVT, {}),
+    'UMPVT': (PCPVT, {}),
+    'LocalMIMViT': (MAEViT, {'final_norm': 'final_norm=True'}),
+    'GreenTwins': (SVT, {}),
+}
+
+
+@pytest.mark.parametrize('name', sorted(STAND_INS))
+def test_every_argument_of_the_mmpretrain_class(name):
+    """Each backbone builds with every constructor argument of the class it
+    stands in for, set to that class's default (``arch`` aside: ours are
+    tiny), one at a time; the arguments it cannot honour raise a
+    ``ValueError`` that names them."""
+    cls, refused = STAND_INS[name]
+    params = inspect.signature(cls.__init__).parameters
+    for arg, p in params.items():
+        if arg in ('self', 'arch') or p.default is inspect.Parameter.empty:
+            continue
+        kw = {arg: copy.deepcopy(p.default)}
+        if arg in refused:
+            with pytest.raises(ValueError, match=refused[arg]):
+                build(name, **kw)
+        else:
+            build(name, **kw)

@@ -46,9 +46,10 @@ class LocalMIMViT(MAEViT):
     nor the class token enter the autograd graph.
 
     Args:
-        out_indices (Sequence[int]): 0-based blocks whose outputs are
-            returned. Defaults to (1, 3, 9, 11): blocks 2, 4, 10, 12 of ViT-B
-            (``MAEViT``'s -1 would give one scale; LocalMIM needs several).
+        out_indices (Sequence[int] | int): 0-based blocks whose outputs
+            are returned (negative: from the end). Defaults to
+            (1, 3, 9, 11): blocks 2, 4, 10, 12 of ViT-B (``MAEViT``'s -1
+            would give one scale; LocalMIM needs several).
         final_norm (bool): only False: each decoder normalises its input.
         with_cp (bool): Activation checkpointing of every block on the
             masked (pre-training) path: the block is recomputed in the
@@ -74,6 +75,8 @@ class LocalMIMViT(MAEViT):
                 'the loss is taken on the masked patches (0 masks none, '
                 'every loss would be 0/0 = NaN) and the encoder needs '
                 'visible ones (1 keeps none)')
+        if isinstance(out_indices, int):  # as MAEViT: one block
+            out_indices = [out_indices]
         super().__init__(out_indices=list(out_indices), final_norm=False,
                          **kwargs)
         L = self.patch_resolution[0] * self.patch_resolution[1]
