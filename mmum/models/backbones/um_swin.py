@@ -37,6 +37,12 @@ class UMSwinTransformer(CPBSwinTransformer):
     its cell). The fine-tuning :class:`CPBSwinTransformer` is the same either
     way (on a dense grid both agree).
 
+    Takes every ``SwinTransformer`` argument. On the masked path
+    ``out_after_downsample`` and ``with_cp`` are honoured;
+    ``use_abs_pos_embed=True`` and ``pad_small_map=True`` (where a stage map
+    is not larger than the window) apply to the dense path only and make a
+    masked forward raise a ``ValueError`` saying why.
+
     Args:
         unit (int): Size of a masking unit (16-px patch) in pixels.
             Defaults to 16.
