@@ -7,7 +7,7 @@
 _base_ = [
     '../_base_/datasets/imagenet_bs128_um_mae_256.py',
     '../_base_/schedules/um_mae_adamw_coslr.py',
-    'mmpretrain::_base_/default_runtime.py',
+    '../_base_/default_runtime.py',
 ]
 
 train_pipeline = [
@@ -57,12 +57,4 @@ model = dict(
         patch_size=4,
         loss=dict(type='PixelReconstructionLoss', criterion='L1', channel=3)))
 
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50),
-    # atomic saving: a kill while saving never breaks the latest checkpoint
-    checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
-                    max_keep_ckpts=3))
-# stop with a message on a NaN/inf loss, before it reaches a checkpoint
-custom_hooks = [dict(type='mmum.NaNGuardHook')]
-randomness = dict(seed=0, diff_rank_seed=True)
-resume = True
+default_hooks = dict(logger=dict(type='LoggerHook', interval=50))

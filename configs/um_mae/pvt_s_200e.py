@@ -17,6 +17,5 @@ model = dict(
         out_indices=(3, )),
     neck=dict(embed_dim=512))
 
-# Watching the run: the commented-out hooks at the end of
-# ./swin_t_200e.py apply here too once uncommented there (this config
-# inherits its custom_hooks).
+# Watching the run (k-NN accuracy, reconstructions): the commented-out hooks
+# at the end of configs/_base_/default_runtime.py.
