@@ -7,6 +7,7 @@
 # keeps the `backbone.` prefix, so the mmdet / mmseg configs load it with the
 # same init_cfg as a pre-training checkpoint.
 _base_ = [
+    '../_base_/models/encoder_layouts.py',
     '../_base_/models/imagenet_classifier.py',
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_256.py',
     '../_base_/schedules/imagenet_finetune_adamw_layer_decay.py',
@@ -16,9 +17,10 @@ _base_ = [
 # the UM-MAE pre-training checkpoint (whole algorithm: backbone./neck./head.)
 pretrained = 'work_dirs/um_mae_swin_t_200e/epoch_200.pth'
 
-ln = dict(type='LN', eps=1e-6)
 model = dict(
     backbone=dict(
+        # the pre-training architecture (released UM-MAE layout)
+        _base_.um_mae_swin_layout,
         type='mmum.CPBSwinTransformer',
         arch='tiny',
         img_size=256,
@@ -27,14 +29,6 @@ model = dict(
         window_size=8,
         drop_path_rate=0.1,
         out_indices=(3, ),
-        # the pre-training architecture (released UM-MAE layout): LN + conv
-        # patch merging, 32-wide bias MLP, LayerNorm eps 1e-6
-        patch_merging='conv',
-        cpb_hidden_dims=32,
-        norm_cfg=ln,
-        patch_cfg=dict(norm_cfg=ln),
-        stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln), downsample_cfg=dict(
-            norm_cfg=ln)),
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     head=dict(in_channels=768))

@@ -5,6 +5,7 @@
 # (random, as MAE samples).
 #   tools/dist_train.sh configs/simmim/swin_t_256_200e.py 8
 _base_ = [
+    '../_base_/models/encoder_layouts.py',
     '../_base_/datasets/imagenet_bs128_um_mae_256.py',
     '../_base_/schedules/um_mae_adamw_coslr.py',
     '../_base_/default_runtime.py',
@@ -29,7 +30,6 @@ train_pipeline = [
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
-ln = dict(type='LN', eps=1e-6)
 model = dict(
     type='mmpretrain.SimMIM',
     data_preprocessor=dict(
@@ -38,19 +38,15 @@ model = dict(
         std=[58.395, 57.12, 57.375],
         to_rgb=True),
     backbone=dict(
+        # UM-MAE's (released) Swin layout, windows of 8
+        _base_.um_mae_swin_layout,
         type='mmum.SimMIMCPBSwinTransformer',
         arch='tiny',
         img_size=256,
         drop_path_rate=0.0,
-        # UM-MAE's (released) Swin layout: LN + conv patch merging, 32-wide
-        # bias MLP, LayerNorm eps 1e-6
-        patch_merging='conv',
-        cpb_hidden_dims=32,
-        norm_cfg=ln,
-        patch_cfg=dict(norm_cfg=ln),
         stage_cfgs=dict(
-            block_cfgs=dict(window_size=8, norm_cfg=ln),
-            downsample_cfg=dict(norm_cfg=ln))),
+            block_cfgs=dict(window_size=8, norm_cfg=_base_.ln),
+            downsample_cfg=dict(norm_cfg=_base_.ln))),
     neck=dict(type='SimMIMLinearDecoder', in_channels=768, encoder_stride=32),
     head=dict(
         type='SimMIMHead',

@@ -8,11 +8,10 @@ _base_ = './swin_t_200e.py'
 
 model = dict(
     backbone=dict(
+        _base_.pvt_s_layout,
         _delete_=True,
         type='mmum.UMPVT',
-        arch='small',
         img_size=128,
-        sr_ratios=(8, 4, 2, 1),
         drop_path_rate=0.0,
         out_indices=(3, )),
     neck=dict(embed_dim=512))
