@@ -1,0 +1,14 @@
+# The optimiser of UM-MAE's dense tasks (appendix B.3 / B.4): AdamW lr 1e-4,
+# betas (0.9, 0.999), wd 0.05 with no decay on norms and on the continuous
+# position bias MLP, no layer-wise lr decay (Table 7). The mmdet / mmseg
+# configs replace their base's optimiser with it:
+#   optim_wrapper = dict(_base_.dense_adamw, _delete_=True)
+dense_adamw = dict(
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(
+        custom_keys={
+            'norm': dict(decay_mult=0.),
+            '.cpb': dict(decay_mult=0.),
+        }))
