@@ -11,15 +11,9 @@ _base_ = [
     '../_base_/default_runtime.py',
 ]
 
+# UM-MAE's crop and flip, then SimMIM's masks
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='RandomResizedCrop',
-        scale=256,
-        crop_ratio_range=(0.2, 1.0),
-        backend='pillow',
-        interpolation='bicubic'),
-    dict(type='RandomFlip', prob=0.5),
+    *_base_.train_pipeline[:3],
     dict(
         type='SimMIMMaskGenerator',
         input_size=256,
