@@ -3,7 +3,7 @@
 #   tools/dist_train.sh configs/green_mim/swin_b_800e.py 8
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs512_mae.py',
-    '../_base_/schedules/adamw_warmup_cosine_pretrain.py',
+    '../_base_/schedules/adamw_warmup_cosine.py',
     '../_base_/default_runtime.py',
 ]
 

@@ -47,14 +47,11 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')
 ]
+# mmdet's test pipeline at the 1024² scale
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    _base_.val_dataloader.dataset.pipeline[0],
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor'))
+    *_base_.val_dataloader.dataset.pipeline[2:],
 ]
 train_dataloader = dict(
     batch_size=2, dataset=dict(pipeline=train_pipeline))

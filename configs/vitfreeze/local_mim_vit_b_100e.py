@@ -2,7 +2,7 @@
 # ViTFreeze (arXiv 2312.02194, Table 1). 8 GPUs x 512 images.
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs512_mae.py',
-    '../_base_/schedules/adamw_warmup_cosine_pretrain.py',
+    '../_base_/schedules/adamw_warmup_cosine.py',
     '../_base_/default_runtime.py',
 ]
 

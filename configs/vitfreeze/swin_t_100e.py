@@ -5,7 +5,7 @@
 # block), 100 epochs with 10 of warm-up. 8 GPUs x 128 images x 4 steps.
 _base_ = [
     '../_base_/datasets/imagenet_bs128_um_mae_256.py',
-    '../_base_/schedules/adamw_warmup_cosine_pretrain.py',
+    '../_base_/schedules/adamw_warmup_cosine.py',
     '../_base_/default_runtime.py',
 ]
 

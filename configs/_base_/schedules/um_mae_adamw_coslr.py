@@ -1,6 +1,6 @@
 # AdamW + 10-epoch linear warm-up + cosine, UM-MAE pre-training (Table 8).
 # lr = 1.5e-4 x total_batch / 256 with a 4096 total batch.
-_base_ = './adamw_warmup_cosine_pretrain.py'
+_base_ = './adamw_warmup_cosine.py'
 
 # 8 GPUs x 128 images x 4 accumulation steps = 4096
 optim_wrapper = dict(

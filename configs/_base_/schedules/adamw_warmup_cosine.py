@@ -1,6 +1,7 @@
-# Pre-training schedule shared by mmum's MIM configs: AdamW under AMP, a
-# linear warm-up from 1e-4 x the peak lr, then cosine to 0, by epoch (steps
-# per iteration). The defaults are UM-MAE's 200 epochs with 10 of warm-up
+# Pre-training schedule shared by mmum's MIM configs (and the base of
+# ./imagenet_finetune_adamw_layer_decay.py): AdamW under AMP, a linear
+# warm-up from 1e-4 x the peak lr, then cosine to 0, by epoch (stepped per
+# iteration). The defaults are UM-MAE's 200 epochs with 10 of warm-up
 # (UM-MAE Table 8); a config changes the epochs by restating the two
 # schedulers from `_base_.param_scheduler` (see configs/um_mae/swin_l_800e.py)
 # and the lr / betas in `optim_wrapper.optimizer`.
