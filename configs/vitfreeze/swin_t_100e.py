@@ -7,6 +7,7 @@ _base_ = [
     '../_base_/datasets/imagenet_bs128_um_mae_256.py',
     '../_base_/schedules/adamw_warmup_cosine.py',
     '../_base_/default_runtime.py',
+    '../_base_/schedules/freezeout.py',
 ]
 
 model = dict(
@@ -36,23 +37,8 @@ optim_wrapper = dict(
         flat_decay_mult=0.0,
         custom_keys={'.mask_token': dict(decay_mult=0.0)}))
 
-param_scheduler = [
-    dict(
-        type='mmum.FreezeOutLR',
-        t_0=0.8,
-        spacing='cubic',
-        scale_lr=True,
-        warmup=10,
-        by_epoch=True,
-        begin=0,
-        end=100,
-        convert_to_iter_based=True)
-]
-custom_hooks = [
-    dict(type='mmum.FreezeOutHook'),
-    dict(type='mmum.DecoderPruningHook'),
-    dict(type='mmum.NaNGuardHook'),  # stop on a NaN/inf loss
-]
+param_scheduler = [_base_.freezeout_lr]
+custom_hooks = _base_.freezeout_hooks
 find_unused_parameters = True
 
 train_cfg = dict(max_epochs=100)
