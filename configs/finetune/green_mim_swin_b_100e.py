@@ -7,6 +7,7 @@
 #   tools/dist_train.sh configs/finetune/green_mim_swin_b_100e.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=PRETRAIN.pth
 _base_ = [
+    '../_base_/models/encoder_layouts.py',
     '../_base_/models/imagenet_classifier.py',
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     '../_base_/schedules/imagenet_finetune_adamw_layer_decay.py',

@@ -12,10 +12,9 @@ pretrained = 'work_dirs/twins_l_800e/epoch_800.pth'
 
 model = dict(
     backbone=dict(
+        _base_.twins_l_layout,
         _delete_=True,
         type='mmum.GreenTwins',
-        arch='large',
-        norm_after_stage=[False, False, False, True],
         drop_path_rate=0.2,
         out_indices=(3, ),
         # mmum's strict Pretrained: refuses a checkpoint that leaves

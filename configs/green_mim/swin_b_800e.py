@@ -2,6 +2,7 @@
 # (Huang et al. 2022, §4.1): batch 2048 = 8 GPUs x 256,
 #   tools/dist_train.sh configs/green_mim/swin_b_800e.py 8
 _base_ = [
+    '../_base_/models/encoder_layouts.py',
     'mmpretrain::_base_/datasets/imagenet_bs512_mae.py',
     '../_base_/schedules/adamw_warmup_cosine.py',
     '../_base_/default_runtime.py',

@@ -107,17 +107,6 @@ test_dataloader = val_dataloader
 
 optim_wrapper = dict(_base_.dense_adamw, _delete_=True)
 
-param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-        end=1000),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_epochs,
-        by_epoch=True,
-        milestones=[27, 33],
-        gamma=0.1)
-]
+param_scheduler = _base_.det_3x_steps
 train_cfg = dict(max_epochs=max_epochs)
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -30,10 +30,7 @@ model = dict(
         std=[58.395, 57.12, 57.375],
         to_rgb=True),
     backbone=dict(
-        type='mmum.SimMIMSVT',
-        arch='large',
-        norm_after_stage=[False, False, False, True],
-        drop_path_rate=0.0),
+        _base_.twins_l_layout, type='mmum.SimMIMSVT', drop_path_rate=0.0),
     neck=dict(
         type='mmpretrain.SimMIMLinearDecoder',
         in_channels=1024,

@@ -19,3 +19,9 @@ um_mae_swin_layout = dict(
 # PVT-S with the key/value pooling {8, 4, 2, 1} of PVT's classification and
 # dense-task models (UM-MAE's compact pre-training input pools {4, 2, 1, 1})
 pvt_s_layout = dict(arch='small', sr_ratios=(8, 4, 2, 1))
+
+# Twins-L (SVT-L) in Twins' classification layout: one norm after the last
+# stage (the encoder output a decoder reads, as MAE's final norm). GreenMIM
+# Twins weights are plain SVT weights in it.
+twins_l_layout = dict(
+    arch='large', norm_after_stage=[False, False, False, True])

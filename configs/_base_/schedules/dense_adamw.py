@@ -12,3 +12,19 @@ dense_adamw = dict(
             'norm': dict(decay_mult=0.),
             '.cpb': dict(decay_mult=0.),
         }))
+
+# mmdet's 3x schedule (36 epochs, x0.1 at 27 and 33) after 1000 linear
+# warm-up iterations, as the supervised Swin recipe trains Mask R-CNN / HTC:
+#   param_scheduler = _base_.det_3x_steps
+det_3x_steps = [
+    dict(
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
+        end=1000),
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=36,
+        by_epoch=True,
+        milestones=[27, 33],
+        gamma=0.1)
+]
