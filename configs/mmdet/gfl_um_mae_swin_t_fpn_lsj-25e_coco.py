@@ -11,19 +11,15 @@ _base_ = [
     '../_base_/models/um_mae_dense_backbones.py',
     '../_base_/schedules/dense_adamw.py',
 ]
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 pretrained = 'work_dirs/um_mae_swin_t_100e/epoch_100.pth'
 image_size = (1024, 1024)
 max_epochs = 25
 
 model = dict(
+    # the pre-training architecture (released UM-MAE layout)
     backbone=dict(
-        # the pre-training architecture (released UM-MAE layout)
-        _base_.um_mae_swin_dense,
-        _delete_=True,
-        arch='tiny',
-        img_size=1024,
+        _base_.um_mae_swin_dense, _delete_=True, arch='tiny', img_size=1024,
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[96, 192, 384, 768]))

@@ -30,7 +30,6 @@ _base_ = [
     '../_base_/models/um_mae_dense_backbones.py',
     '../_base_/schedules/dense_adamw.py',
 ]
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 pretrained = 'work_dirs/um_mae_swin_l_100e/epoch_100.pth'
 max_epochs = 36
@@ -60,14 +59,11 @@ def cascade_bbox_head(stds):
 
 
 model = dict(
+    # the pre-training architecture (released UM-MAE Swin-L layout, with its
+    # 64-wide bias MLP)
     backbone=dict(
-        # the pre-training architecture (released UM-MAE layout)
-        _base_.um_mae_swin_dense,
-        _delete_=True,
-        arch='large',
-        img_size=1024,
-        drop_path_rate=0.2,
-        cpb_hidden_dims=64,  # as the released Swin-L pre-training
+        _base_.um_mae_swin_dense, _delete_=True, arch='large', img_size=1024,
+        drop_path_rate=0.2, cpb_hidden_dims=64,
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[192, 384, 768, 1536]),

@@ -10,7 +10,6 @@ _base_ = [
     '../_base_/models/encoder_layouts.py',
     '../_base_/schedules/dense_adamw.py',
 ]
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 pretrained = 'work_dirs/green_mim_swin_b_800e/epoch_800.pth'
 # the LayerNorm eps GreenMIM was pre-trained with (every encoder norm), so the

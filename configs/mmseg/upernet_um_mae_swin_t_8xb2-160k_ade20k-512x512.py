@@ -17,7 +17,6 @@ _base_ = [
     '../_base_/models/um_mae_dense_backbones.py',
     '../_base_/schedules/dense_adamw.py',
 ]
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 # intermediate fine-tuning (or pre-training) checkpoint, `backbone.` prefix
 pretrained = 'work_dirs/um_mae_swin_t_100e/epoch_100.pth'
@@ -25,12 +24,9 @@ crop_size = (512, 512)
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
+    # the pre-training architecture (released UM-MAE layout)
     backbone=dict(
-        # the pre-training architecture (released UM-MAE layout)
-        _base_.um_mae_swin_dense,
-        _delete_=True,
-        arch='tiny',
-        img_size=512,
+        _base_.um_mae_swin_dense, _delete_=True, arch='tiny', img_size=512,
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),

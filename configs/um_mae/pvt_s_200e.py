@@ -8,12 +8,8 @@ _base_ = './swin_t_200e.py'
 
 model = dict(
     backbone=dict(
-        _base_.pvt_s_layout,
-        _delete_=True,
-        type='mmum.UMPVT',
-        img_size=128,
-        drop_path_rate=0.0,
-        out_indices=(3, )),
+        _base_.pvt_s_layout, _delete_=True, type='mmum.UMPVT', img_size=128,
+        drop_path_rate=0.0, out_indices=(3, )),
     neck=dict(embed_dim=512))
 
 # Watching the run (k-NN accuracy, reconstructions): the commented-out hooks

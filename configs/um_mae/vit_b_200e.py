@@ -19,21 +19,12 @@ train_dataloader = dict(
     collate_fn=dict(_delete_=True, type='default_collate'))
 optim_wrapper = dict(accumulative_counts=4)
 
+# mmpretrain's MAE schedule (40 warm-up epochs, cosine) cut to 200 epochs
 param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-4,
-        by_epoch=True,
-        begin=0,
-        end=40,
-        convert_to_iter_based=True),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=160,
-        by_epoch=True,
-        begin=40,
-        end=200,
-        convert_to_iter_based=True)
+    dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0, end=40,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=160, by_epoch=True, begin=40,
+         end=200, convert_to_iter_based=True)
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=200)
 default_hooks = dict(

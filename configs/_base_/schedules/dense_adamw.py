@@ -3,6 +3,10 @@
 # position bias MLP, no layer-wise lr decay (Table 7). The mmdet / mmseg
 # configs replace their base's optimiser with it:
 #   optim_wrapper = dict(_base_.dense_adamw, _delete_=True)
+# Every mmdet / mmseg config of mmum takes this file, which also brings
+# mmum's registry.
+custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+
 dense_adamw = dict(
     type='OptimWrapper',
     optimizer=dict(
