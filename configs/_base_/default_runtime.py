@@ -15,12 +15,13 @@ custom_hooks = [dict(type='mmum.NaNGuardHook')]
 randomness = dict(seed=0, diff_rank_seed=True)
 resume = True
 
-# Watching the run (README "Watching a run"): copy into a pre-training
-# config, uncomment and set the ImageNet paths to log a weighted k-NN
-# top-1/top-5 of the encoder (10k train / 5k val images) every 10 epochs and
-# to draw the reconstructions of 4 val images (<work_dir>/reconstructions and
-# the Visualizer backends; for LocalMIM / ViTFreeze the pictures show the HOG
-# of 16-px cells).
+# Watching the run (README "Watching a run"): uncomment and set the
+# ImageNet paths to log a weighted k-NN top-1/top-5 of the encoder (10k
+# train / 5k val images) every 10 epochs and to draw the reconstructions of 4
+# val images (<work_dir>/reconstructions and the Visualizer backends; for
+# LocalMIM / ViTFreeze the pictures show the HOG of 16-px cells) in every
+# pre-training config on this runtime (UM-MAE Swin / PVT, GreenMIM,
+# LocalMIM, ViTFreeze, SimMIM).
 # custom_hooks += [
 #     dict(type='mmum.KNNEvalHook', interval=10,
 #          train_dataset=dict(type='ImageNet', data_root='data/imagenet',

@@ -34,5 +34,19 @@ default_hooks = dict(
 # stop with a message on a NaN/inf loss, before it reaches a checkpoint
 custom_hooks = [dict(type='mmum.NaNGuardHook')]
 
-# Watching the run (k-NN accuracy, reconstructions): the commented-out hooks
-# at the end of configs/_base_/default_runtime.py.
+# Watching the run (README "Watching a run"): uncomment and set the
+# ImageNet paths to log a weighted k-NN top-1/top-5 of the encoder (10k
+# train / 5k val images) every 10 epochs and to draw
+# the reconstructions of 4 val images (<work_dir>/reconstructions and
+# the Visualizer backends). This config is built on mmpretrain's MAE config,
+# not on configs/_base_/default_runtime.py (whose block the others use).
+# custom_hooks += [
+#     dict(type='mmum.KNNEvalHook', interval=10,
+#          train_dataset=dict(type='ImageNet', data_root='data/imagenet',
+#                             split='train'), train_subset=10000,
+#          val_dataset=dict(type='ImageNet', data_root='data/imagenet',
+#                           split='val'), val_subset=5000),
+#     dict(type='mmum.ReconstructionHook', interval=10, num_images=4,
+#          dataset=dict(type='ImageNet', data_root='data/imagenet',
+#                       split='val')),
+# ]

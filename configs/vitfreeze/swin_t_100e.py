@@ -38,7 +38,7 @@ optim_wrapper = dict(
         custom_keys={'.mask_token': dict(decay_mult=0.0)}))
 
 param_scheduler = [_base_.freezeout_lr]
-custom_hooks = _base_.freezeout_hooks
+custom_hooks = _base_.freezeout_hooks + _base_.custom_hooks
 find_unused_parameters = True
 
 train_cfg = dict(max_epochs=100)

@@ -11,8 +11,9 @@ _base_ = [
 # block 12 and the decoders never)
 param_scheduler = [_base_.freezeout_lr]
 
-# frozen layers: eval mode, restored on resume, DDP check; decoder pruning
-custom_hooks = _base_.freezeout_hooks
+# frozen layers: eval mode, restored on resume, DDP check; decoder pruning;
+# then the runtime's hooks (NaN/inf guard)
+custom_hooks = _base_.freezeout_hooks + _base_.custom_hooks
 
 # frozen parameters stop receiving gradients: DDP must not wait for them
 find_unused_parameters = True
