@@ -204,7 +204,13 @@ def test_every_downstream_config_refuses_another_architecture(config,
                            img_size=64, window_size=4))
     else:
         wrong = build(FINETUNE_BACKBONES['mmpretrain SwinTransformer'])
-        right, _ = um_swin_checkpoint(tmp_path)
+        # the UM-MAE encoder in the config's own layout (released: conv
+        # patch merging, narrow bias MLP, eps 1e-6)
+        layout = {k: backbone[k] for k in (
+            'patch_merging', 'cpb_hidden_dims', 'norm_cfg', 'patch_cfg',
+            'stage_cfgs') if k in backbone}
+        right = build(dict(type='mmum.UMSwinTransformer', arch=SWIN,
+                           img_size=32, window_size=4, **layout))
     bad = save(tmp_path / 'wrong.pth', wrong.state_dict(), 'backbone.')
     with pytest.raises(ValueError, match='wrong.pth.*(missing|unexpected)'):
         init_from(backbone, bad, **extra)

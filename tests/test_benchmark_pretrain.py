@@ -158,6 +158,33 @@ def test_bad_method_is_a_clear_error(bench):
         bench.main(['--methods', 'mae_swin_t'])
 
 
+def test_with_cp_rows(bench):
+    """``--with-cp``: a row per pre-training method, with_cp changes neither
+    the loss nor the gradients and saves activations."""
+    threads = torch.get_num_threads()
+    import io
+    from contextlib import redirect_stdout
+    out = io.StringIO()
+    try:
+        with redirect_stdout(out):
+            results = bench.main(['--with-cp', '--tiny', '--batch-size', '1',
+                                  '--warmup', '0', '--steps', '1'])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r['name'] for r in results] == list(bench.WITH_CP_DEFAULT)
+    for r in results:
+        assert r['loss_diff'] <= 1e-6 and r['grad_diff'] <= 1e-6, r
+        assert 0 < r['act_mib_cp'] < r['act_mib'], r
+        assert r['act_saving'] == pytest.approx(
+            1 - r['act_mib_cp'] / r['act_mib'])
+    lines = [ln for ln in out.getvalue().splitlines() if ln.startswith('| ')]
+    header = [c.strip() for c in lines[0].strip('|').split('|')]
+    assert header == [c[0] for c in bench.CP_COLUMNS]
+    assert len(lines) == 1 + len(results)  # header + rows
+    with pytest.raises(ValueError, match='--with-cp rows are'):
+        bench.main(['--with-cp', '--methods', 'simmim_swin_t'])
+
+
 def test_positions_cost_lines(bench):
     """UM-MAE's original positions against its compact-positions row."""
     assert 'ummae_swin_t_compact' in bench.PAIRS[0]

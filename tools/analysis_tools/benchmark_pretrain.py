@@ -36,6 +36,16 @@ Default (small) settings, a few minutes on two CPU cores::
     python tools/analysis_tools/benchmark_pretrain.py --device cuda \
         --batch-size 64 --steps 20 --swin-l
     python tools/analysis_tools/benchmark_pretrain.py --tiny   # smoke test
+
+``--with-cp`` measures activation checkpointing instead (issue 20): one row
+per mmum pre-training method (UM-MAE Swin-T / PVT-S, GreenMIM Swin-B, and
+Swin-L / Twins-L with their flags, LocalMIM ViT-B), its model built twice
+from the config, with ``backbone.with_cp`` False and True and the same
+weights: the loss and gradients of one step on the same batch (their largest
+difference), the activations saved for the backward per image and the step
+time of both, and the saving::
+
+    python tools/analysis_tools/benchmark_pretrain.py --with-cp
 """
 import argparse
 import copy
@@ -146,6 +156,13 @@ OPTIONAL = {  # rows run only with their flag (or named in --methods)
     'twins_l': ('simmim_twins_l', 'greenmim_twins_l'),
 }
 
+# --with-cp: the mmum pre-training encoders (Swin-L / Twins-L with
+# --swin-l / --twins-l)
+WITH_CP_ROWS = ('ummae_swin_t', 'ummae_pvt_s', 'greenmim_swin_b',
+                'greenmim_swin_l', 'greenmim_twins_l', 'localmim_vit_b')
+WITH_CP_DEFAULT = ('ummae_swin_t', 'ummae_pvt_s', 'greenmim_swin_b',
+                   'localmim_vit_b')
+
 # tiny architectures for --tiny (smoke tests): same code paths, little work
 TINY_SWIN = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
 TINY_PVT = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1],
@@ -189,6 +206,12 @@ def parse_args(argv=None):
                    'on CPU); off = exactly the configs\' optimizers')
     p.add_argument('--json', help='also write the rows to this file')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--with-cp', action='store_true',
+                   help='activation checkpointing of each pre-training '
+                   'encoder: saved activations and step time with and '
+                   'without, loss/gradient equality (rows: '
+                   f'{", ".join(WITH_CP_ROWS)}; --methods selects among '
+                   'them)')
     args = p.parse_args(argv)
     if args.tiny:
         args.warmup, args.steps = min(args.warmup, 1), min(args.steps, 2)
@@ -279,11 +302,14 @@ def tiny(cfg: Config, family: str) -> None:
         model.neck.update(embed_dim=width, **TINY_DECODER)
 
 
-def build_row(name: str, args) -> dict:
-    """Model, optim wrapper and sample generator of row ``name``."""
+def build_row(name: str, args, with_cp: bool = False) -> dict:
+    """Model, optim wrapper and sample generator of row ``name`` (its
+    encoder with activation checkpointing if ``with_cp``)."""
     from mmpretrain.registry import MODELS, TRANSFORMS
     spec = ROWS[name]
     cfg = load_config(name, args)
+    if with_cp:
+        cfg.model.backbone.with_cp = True
     torch.manual_seed(args.seed)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(cfg.model).to(args.device)
@@ -622,6 +648,94 @@ def run_pair(names: List[str], args) -> List[dict]:
     return out
 
 
+def loss_and_grads(row: dict, data: dict, seed: int):
+    """Loss and parameter gradients of one forward/backward on ``data``
+    (the model's own random draws seeded), without an optimizer step."""
+    model = row['model']
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss = forward_half(row, copy.deepcopy(data))
+    loss.backward()
+    grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()
+             if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def run_with_cp(name: str, args) -> dict:
+    """Row ``name`` without and with ``backbone.with_cp``: equality of the
+    loss and gradients, saved activations, step time (interleaved)."""
+    plain = build_row(name, args)
+    ckpt = build_row(name, args, with_cp=True)
+    ckpt['model'].load_state_dict(plain['model'].state_dict())
+    data = make_batch(plain, args)
+    (l1, g1), (l2, g2) = (loss_and_grads(r, data, args.seed)
+                          for r in (plain, ckpt))
+    if g1.keys() != g2.keys():
+        raise RuntimeError(f'{name}: with_cp changes which parameters get '
+                           f'gradients: {sorted(g1.keys() ^ g2.keys())}')
+    out = dict(name=name, method=plain['method'], arch=plain['arch'],
+               img=plain['img'], loss=float(l1),
+               loss_diff=float((l1 - l2).abs()),
+               grad_diff=max(float((g1[k] - g2[k]).abs().max()) for k in g1),
+               grad_max=max(float(g.abs().max()) for g in g1.values()))
+    for i in range(args.warmup + args.steps):
+        for row in (plain, ckpt):
+            timed_step(row, args)
+    for key, row in (('', plain), ('_cp', ckpt)):
+        out['time_ms' + key] = statistics.median(
+            row['times'][args.warmup:]) * 1e3
+        peak, saved = measure_memory(row, args)
+        out['mem_mib' + key] = (persistent_bytes(row) + peak) / 2**20
+        out['act_mib' + key] = saved / args.batch_size / 2**20
+    out['act_saving'] = 1 - out['act_mib_cp'] / out['act_mib']
+    out['time_x'] = out['time_ms_cp'] / out['time_ms']
+    return out
+
+
+CP_COLUMNS = [  # header, key, format
+    ('method', 'method', '{}'), ('arch', 'arch', '{}'), ('img', 'img', '{}'),
+    ('act MiB/img', 'act_mib', '{:.1f}'), ('act cp', 'act_mib_cp', '{:.1f}'),
+    ('act saved', 'act_saving', '{:.0%}'),
+    ('peak MiB', 'mem_mib', '{:.0f}'), ('peak cp', 'mem_mib_cp', '{:.0f}'),
+    ('step ms', 'time_ms', '{:.1f}'), ('step cp', 'time_ms_cp', '{:.1f}'),
+    ('time x', 'time_x', '{:.2f}'), ('loss', 'loss', '{:.4g}'),
+    ('loss diff', 'loss_diff', '{:.1e}'),
+    ('grad diff', 'grad_diff', '{:.1e}'),
+    ('grad max', 'grad_max', '{:.2g}'),
+]
+
+
+def format_cp_table(results: List[dict], args) -> str:
+    header = [c[0] for c in CP_COLUMNS]
+    body = [[fmt.format(r[key]) for _, key, fmt in CP_COLUMNS]
+            for r in results]
+    widths = [max(len(x[i]) for x in [header] + body)
+              for i in range(len(header))]
+    line = lambda xs: '| ' + ' | '.join(  # noqa: E731
+        x.ljust(w) for x, w in zip(xs, widths)) + ' |'
+    lines = [line(header), '|' + '|'.join('-' * (w + 2) for w in widths) +
+             '|'] + [line(b) for b in body]
+    dev = (torch.cuda.get_device_name(args.device)
+           if args.device.startswith('cuda') else cpu_name())
+    notes = [
+        f'device: {dev}; torch {torch.__version__}, '
+        f'{torch.get_num_threads()} thread(s); batch {args.batch_size}, '
+        f'{args.warmup} warm-up + {args.steps} timed steps per model, '
+        'interleaved' + (' (TINY archs: smoke test only)' if args.tiny
+                         else ''),
+        'each row: the config\'s model with backbone.with_cp=False and '
+        'True (the "cp" columns), same weights; act MiB/img: activations '
+        'the forward leaves alive for the backward, per image (see the main'
+        ' table), act saved = 1 - cp/without; time x = step time cp / '
+        'without (the '
+        'recomputation); loss diff, grad diff: one forward+backward of both '
+        'on the same batch with the same random draws (grad max: the '
+        'largest gradient, for scale); diffs are the largest absolute ones',
+    ]
+    return '\n'.join(lines + [''] + notes)
+
+
 def add_ratios(results: List[dict]) -> None:
     """Ratios of the reference row's measured values to this row's (> 1 =
     this row is cheaper) and the targets met / missed."""
@@ -834,6 +948,24 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     MMLogger.get_instance('benchmark_pretrain', log_level='WARNING')
     torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
+    if args.with_cp:
+        names = [n for n in WITH_CP_ROWS
+                 if n in (args.methods or WITH_CP_DEFAULT) or
+                 (args.swin_l and 'swin_l' in n) or
+                 (args.twins_l and 'twins_l' in n)]
+        unknown = set(args.methods or ()) - set(WITH_CP_ROWS)
+        if unknown or not names:
+            raise ValueError(f'--with-cp rows are {WITH_CP_ROWS}; got '
+                             f'{sorted(unknown) or args.methods}')
+        results = []
+        for name in names:
+            print(f'running {name} without / with with_cp ...', flush=True)
+            results.append(run_with_cp(name, args))
+        print(format_cp_table(results, args), flush=True)
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(results, f, indent=1)
+        return results
     results = []
     for pair in selected(args):
         print(f'running {" | ".join(pair)} ...', flush=True)

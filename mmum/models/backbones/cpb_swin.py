@@ -69,8 +69,12 @@ class CPBSwinTransformer(SwinTransformer):
                 block.attn.drop = old.drop  # keep the DropPath schedule
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # drop a pre-training mask_token silently, refuse other
-        # architectures with a readable error (see pretrained_keys.py)
+        # resize an absolute position embedding first (mmpretrain's pre-hook,
+        # which super() runs only after our key check), then drop a
+        # pre-training mask_token silently and refuse other architectures
+        # with a readable error (see pretrained_keys.py)
+        if self.use_abs_pos_embed:
+            self._prepare_abs_pos_embed(state_dict, prefix)
         check_pretrained_keys(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -14,10 +14,13 @@ so a checkpoint loads into ``mmpretrain.models.SwinTransformer`` with
 
 Without a mask it returns what ``SwinTransformer`` returns.
 """
-from typing import Optional
+import copy
+from typing import Optional, Sequence
 
 import torch
+import torch.utils.checkpoint as cp
 from mmpretrain.models import SwinTransformer
+from mmpretrain.models.utils import resize_pos_embed
 
 from mmum.registry import MODELS
 from ..layers.group_window_attention import (GroupWindowAttention,
@@ -28,29 +31,59 @@ from ..layers.group_window_attention import (GroupWindowAttention,
 class GreenSwinTransformer(SwinTransformer):
     """Visible-only Swin encoder for GreenMIM.
 
+    Takes every argument of mmpretrain's ``SwinTransformer`` with the same
+    defaults (``arch='tiny'``, ``drop_path_rate=0.1``; the GreenMIM configs
+    set their own). Without a mask all of them act as in ``SwinTransformer``
+    (it *is* one). On the visible-token path (``mask`` given):
+
+    - honoured: ``arch``, ``img_size``, ``patch_size``, ``in_channels``,
+      ``window_size``, ``drop_rate``, ``drop_path_rate``, ``out_indices``,
+      ``out_after_downsample``, ``use_abs_pos_embed`` with
+      ``interpolate_mode`` (the table is added before the masked tokens are
+      dropped), ``with_cp`` (each block recomputed in the backward),
+      ``frozen_stages``, ``norm_eval``, ``norm_cfg``, ``patch_cfg``,
+      ``stage_cfgs`` (block and merge norms, FFN settings, ...), ``init_cfg``;
+    - dense path only, refused by a masked forward with a ``ValueError``
+      where they would change the result: ``pad_small_map=True`` when a
+      stage map is not larger than its window (padding adds tokens that are
+      not part of the image, which the visible tokens never see), per-stage
+      window sizes differing from ``window_size`` (the mask-size checks and
+      the grouping assume one window), and a ``stage_cfgs.downsample_cfg``
+      whose merge is not 2x2 with stride 2 (visible cells are merged 2x2);
+    - ``stage_cfgs`` may not replace the window attention (``attn_cfgs``
+      ``window_msa``): the visible path needs :class:`GroupWindowAttention`.
+
     Args:
-        arch, img_size, patch_size, in_channels, window_size, drop_rate,
-        drop_path_rate, out_indices, patch_cfg, init_cfg: as in mmpretrain's
-        ``SwinTransformer``.
-        norm_cfg (dict): every LayerNorm of the encoder: patch embedding,
-            blocks, patch merging and output norms (mmpretrain's
-            ``norm_cfg`` covers only the output norms). The released GreenMIM
-            uses ``dict(type='LN', eps=1e-6)``; a fine-tuning
-            ``SwinTransformer`` then needs that eps in ``patch_cfg``,
-            ``stage_cfgs.block_cfgs``, ``stage_cfgs.downsample_cfg`` and
-            ``norm_cfg`` to compute what was trained.
+        norm_cfg (dict): the default of every LayerNorm of the encoder: patch
+            embedding, blocks, patch merging and output norms, unless
+            ``patch_cfg`` / ``stage_cfgs`` set their own (mmpretrain's
+            ``norm_cfg`` covers only the output norms; with the default LN
+            both agree). The released GreenMIM uses
+            ``dict(type='LN', eps=1e-6)``; a fine-tuning ``SwinTransformer``
+            then needs that eps in ``patch_cfg``, ``stage_cfgs.block_cfgs``,
+            ``stage_cfgs.downsample_cfg`` and ``norm_cfg`` to compute what
+            was trained.
+        **others: as in mmpretrain's ``SwinTransformer``.
     """
 
     def __init__(self,
-                 arch='base',
+                 arch='tiny',
                  img_size=224,
                  patch_size=4,
                  in_channels=3,
                  window_size=7,
                  drop_rate=0.,
-                 drop_path_rate=0.,
+                 drop_path_rate=0.1,
                  out_indices=(3, ),
+                 out_after_downsample=False,
+                 use_abs_pos_embed=False,
+                 interpolate_mode='bicubic',
+                 with_cp=False,
+                 frozen_stages=-1,
+                 norm_eval=False,
+                 pad_small_map=False,
                  norm_cfg=dict(type='LN'),
+                 stage_cfgs=dict(),
                  patch_cfg=dict(),
                  init_cfg=None):
         super().__init__(
@@ -62,17 +95,57 @@ class GreenSwinTransformer(SwinTransformer):
             drop_rate=drop_rate,
             drop_path_rate=drop_path_rate,
             out_indices=out_indices,
+            out_after_downsample=out_after_downsample,
+            use_abs_pos_embed=use_abs_pos_embed,
+            interpolate_mode=interpolate_mode,
+            with_cp=with_cp,
+            frozen_stages=frozen_stages,
+            norm_eval=norm_eval,
+            pad_small_map=pad_small_map,
             norm_cfg=norm_cfg,
-            stage_cfgs=dict(
-                block_cfgs=dict(
-                    attn_cfgs=dict(window_msa=GroupWindowAttention),
-                    norm_cfg=norm_cfg),
-                downsample_cfg=dict(norm_cfg=norm_cfg)),
+            stage_cfgs=self._group_stage_cfgs(stage_cfgs, arch, norm_cfg),
             patch_cfg=dict(dict(norm_cfg=norm_cfg), **patch_cfg),
             init_cfg=init_cfg)
         self.window_size = window_size
+        self.pad_small_map = pad_small_map
         # a mask unit covers exactly one token of the last stage
         self.total_stride = patch_size * 2**(self.num_layers - 1)
+
+    def _group_stage_cfgs(self, stage_cfgs, arch, norm_cfg):
+        """``stage_cfgs`` as one dict per stage (and one block cfg per
+        block), each block with :class:`GroupWindowAttention` and
+        ``norm_cfg`` as the default norm of the blocks and merges."""
+        depths = (self.arch_zoo[arch.lower()] if isinstance(arch, str) and
+                  arch.lower() in self.arch_zoo else arch)
+        depths = depths['depths'] if isinstance(depths, dict) and \
+            'depths' in depths else [0] * 4  # the parent reports the arch
+        stages = stage_cfgs if isinstance(stage_cfgs, Sequence) else \
+            [stage_cfgs] * len(depths)
+        out = []
+        for i, stage in enumerate(stages):
+            stage = copy.deepcopy(dict(stage))
+            blocks = stage.get('block_cfgs', dict())
+            if not isinstance(blocks, Sequence):
+                blocks = [blocks] * depths[i]
+            stage['block_cfgs'] = []
+            for block in blocks:
+                block = copy.deepcopy(dict(block))
+                attn = dict(block.get('attn_cfgs', dict()))
+                if attn.get('window_msa', GroupWindowAttention) is not \
+                        GroupWindowAttention:
+                    raise ValueError(
+                        'GreenSwinTransformer computes window attention with '
+                        'GroupWindowAttention on the visible tokens; '
+                        'stage_cfgs may not replace it (attn_cfgs.window_msa'
+                        f'={attn["window_msa"]!r})')
+                block['attn_cfgs'] = dict(attn,
+                                          window_msa=GroupWindowAttention)
+                block.setdefault('norm_cfg', norm_cfg)
+                stage['block_cfgs'].append(block)
+            stage['downsample_cfg'] = dict(
+                dict(norm_cfg=norm_cfg), **stage.get('downsample_cfg', {}))
+            out.append(stage)
+        return out
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
         """Args:
@@ -90,7 +163,12 @@ class GreenSwinTransformer(SwinTransformer):
         if mask is None:
             return super().forward(x)
         keep = self._check_mask(x, mask)
+        self._check_visible_path(x.shape[-2:])
         x, hw = self.patch_embed(x)  # B, H0*W0, C
+        if self.use_abs_pos_embed:
+            x = x + resize_pos_embed(self.absolute_pos_embed,
+                                     self.patch_resolution, hw,
+                                     self.interpolate_mode, 0)
         f = 2**(self.num_layers - 1)
         keep = keep.repeat_interleave(f, 0).repeat_interleave(f, 1)
         # positions, plans and gather indices are computed where the mask
@@ -103,11 +181,46 @@ class GreenSwinTransformer(SwinTransformer):
         outs = []
         for i, stage in enumerate(self.stages):
             x = self._stage(stage, x, coords, hw)
+            if stage.downsample is not None and self.out_after_downsample:
+                x, coords, hw = self._merge(stage.downsample, x, coords, hw)
             if i in self.out_indices:
                 outs.append(getattr(self, f'norm{i}')(x))
-            if stage.downsample is not None:
+            if stage.downsample is not None and not self.out_after_downsample:
                 x, coords, hw = self._merge(stage.downsample, x, coords, hw)
         return tuple(outs)
+
+    def _check_visible_path(self, size):
+        """Refuse the settings that only mean something on the dense path
+        (see the class docstring), naming the setting and why."""
+        H, W = size
+        for i, stage in enumerate(self.stages):
+            side = min(H, W) // (self.patch_embed.projection.stride[0] * 2**i)
+            windows = {b.attn.window_size for b in stage.blocks}
+            if windows != {self.window_size}:
+                raise ValueError(
+                    f'stage {i} has window size(s) {sorted(windows)} from '
+                    f'stage_cfgs, not window_size={self.window_size}: '
+                    'per-stage windows work on the dense path (mask=None) '
+                    'only; the visible-token path groups every stage with '
+                    'window_size')
+            if self.pad_small_map and side <= self.window_size:
+                raise ValueError(
+                    f'pad_small_map=True: stage {i} ({side} tokens a side, '
+                    f'image {H}x{W}) is not larger than the window '
+                    f'{self.window_size}, so Swin would pad it with tokens '
+                    'that are not part of the image (and keep shifting); the'
+                    ' visible-token path has no such tokens. pad_small_map '
+                    'applies to the dense path (mask=None) only: build the '
+                    'pre-training encoder with pad_small_map=False.')
+            ds = stage.downsample
+            if ds is not None and (tuple(ds.sampler.kernel_size) != (2, 2)
+                                   or tuple(ds.sampler.stride) != (2, 2)):
+                raise ValueError(
+                    f'stage {i} merges {tuple(ds.sampler.kernel_size)} '
+                    f'patches with stride {tuple(ds.sampler.stride)} '
+                    '(stage_cfgs.downsample_cfg); the visible-token path '
+                    'merges visible 2x2 cells, so it needs kernel 2, stride '
+                    '2 (other merges work on the dense path, mask=None)')
 
     def _check_mask(self, x, mask):
         H, W = x.shape[-2:]
@@ -163,9 +276,22 @@ class GreenSwinTransformer(SwinTransformer):
             if shift not in plans:
                 plans[shift] = build_group_plan(
                     coords, attn.window_size, shift, x.shape[-1]).to(x.device)
-            x = x + attn.drop(attn.w_msa(block.norm1(x), plan=plans[shift]))
-            x = block.ffn(block.norm2(x), identity=x)
+            x = self._block(block, x, plans[shift])
         return x
+
+    @staticmethod
+    def _block(block, x, plan):
+        """One Swin block on the visible tokens (B, N, C) -> (B, N, C),
+        recomputed in the backward with ``with_cp``."""
+
+        def inner(x):
+            attn = block.attn
+            x = x + attn.drop(attn.w_msa(block.norm1(x), plan=plan))
+            return block.ffn(block.norm2(x), identity=x)
+
+        if block.with_cp and torch.is_grad_enabled():
+            return cp.checkpoint(inner, x, use_reentrant=False)
+        return inner(x)
 
     @staticmethod
     def _merge(downsample, x, coords, hw):

@@ -29,6 +29,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from mmpretrain.models import SVT
 from mmpretrain.models.backbones.twins import LSAEncoderLayer
 
@@ -112,6 +113,11 @@ class GreenTwins(SVT):
         drop_path_rate, norm_cfg, norm_after_stage, init_cfg: as in
         mmpretrain's ``SVT``. The patch sizes must equal the strides
         (non-overlapping patch embeddings, true for every SVT arch).
+        with_cp (bool): Activation checkpointing of every block on the
+            visible-token (pre-training) path: the block is recomputed in
+            the backward instead of saving its activations. ``SVT`` has no
+            checkpointing, so the dense path (``mask=None``) refuses a
+            gradient-tracking forward with it. Defaults to False.
     """
 
     def __init__(self,
@@ -124,10 +130,12 @@ class GreenTwins(SVT):
                  drop_path_rate=0.,
                  norm_cfg=dict(type='LN'),
                  norm_after_stage=False,
+                 with_cp=False,
                  init_cfg=None):
         super().__init__(arch, in_channels, out_indices, qkv_bias, drop_rate,
                          attn_drop_rate, drop_path_rate, norm_cfg,
                          norm_after_stage, init_cfg)
+        self.with_cp = with_cp
         if list(self.patch_sizes) != list(self.strides):
             raise ValueError(f'GreenTwins needs patch_sizes == strides '
                              f'(non-overlapping patch embeddings), got '
@@ -155,6 +163,13 @@ class GreenTwins(SVT):
             (the message names the nearest size that works).
         """
         if mask is None:
+            if self.with_cp and torch.is_grad_enabled() and any(
+                    p.requires_grad for p in self.parameters()):
+                raise ValueError(
+                    'GreenTwins(with_cp=True) checkpoints the visible-token '
+                    'path only; the dense forward (mask=None) is '
+                    "mmpretrain's SVT forward, without checkpointing. Run it"
+                    ' under torch.no_grad() or build with with_cp=False.')
             return super().forward(x)
         keep = self._check_mask(x, mask)
         B, C, H, W = x.shape
@@ -258,13 +273,19 @@ class GreenTwins(SVT):
             coords, hw, sr)[0].to(dev)
         neighbours = build_neighbour_index(coords, hw).to(dev)
 
-        for j, blk in enumerate(self.stages[i]):
+        def block(blk, x):  # (B, N, C) -> (B, N, C)
             if isinstance(blk, LSAEncoderLayer):
                 y = grouped_lsa(blk.attn, blk.norm1(x), plan)
             else:
                 y = sparse_gsa(blk.attn, blk.norm1(x), sr_index)
             x = x + blk.drop_path(y)
-            x = x + blk.drop_path(blk.ffn(blk.norm2(x)))
+            return x + blk.drop_path(blk.ffn(blk.norm2(x)))
+
+        for j, blk in enumerate(self.stages[i]):
+            if self.with_cp and torch.is_grad_enabled():
+                x = checkpoint(block, blk, x, use_reentrant=False)
+            else:
+                x = block(blk, x)
             if j == 0:  # PEG: x + depth-wise 3x3 conv of the sparse map
                 peg = self.position_encodings[i].proj
                 x = x + submanifold_dwconv3x3(x, neighbours, peg.weight,

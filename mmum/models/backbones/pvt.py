@@ -13,6 +13,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmcv.cnn.bricks.transformer import PatchEmbed
 from mmengine.model import BaseModule, ModuleList
@@ -68,24 +70,39 @@ class SRAttention(BaseModule):
 
 
 class PVTBlock(BaseModule):
-    """Pre-norm transformer block with :class:`SRAttention`."""
+    """Pre-norm transformer block with :class:`SRAttention`.
+
+    With ``with_cp`` the block's activations are recomputed in the backward
+    instead of being saved (when its input requires grad).
+    """
 
     def __init__(self, embed_dims: int, num_heads: int, mlp_ratio: float,
-                 drop_path: float = 0., qkv_bias: bool = True) -> None:
+                 drop_path: float = 0., qkv_bias: bool = True,
+                 drop_rate: float = 0., attn_drop_rate: float = 0.,
+                 norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 with_cp: bool = False) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(embed_dims, eps=1e-6)
-        self.attn = SRAttention(embed_dims, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(embed_dims, eps=1e-6)
+        self.with_cp = with_cp
+        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.attn = SRAttention(embed_dims, num_heads, qkv_bias,
+                                attn_drop_rate, drop_rate)
+        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
         hidden = int(embed_dims * mlp_ratio)
         self.mlp = nn.Sequential(
             nn.Linear(embed_dims, hidden), nn.GELU(),
-            nn.Linear(hidden, embed_dims))
+            nn.Linear(hidden, embed_dims), nn.Dropout(drop_rate))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else \
             nn.Identity()
 
     def forward(self, x, hw, pool):
-        x = x + self.drop_path(self.attn(self.norm1(x), hw, pool))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+        def inner(x):
+            x = x + self.drop_path(self.attn(self.norm1(x), hw, pool))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+
+        if self.with_cp and torch.is_grad_enabled():
+            return cp.checkpoint(inner, x, use_reentrant=False)
+        return inner(x)
 
 
 class PVTStage(BaseModule):
@@ -93,14 +110,14 @@ class PVTStage(BaseModule):
 
     def __init__(self, in_dims: Optional[int], embed_dims: int, depth: int,
                  num_heads: int, mlp_ratio: float,
-                 drop_paths: Sequence[float]) -> None:
+                 drop_paths: Sequence[float], **block_kwargs) -> None:
         super().__init__()
         self.downsample = None if in_dims is None else PatchEmbed(
             in_channels=in_dims, embed_dims=embed_dims, kernel_size=2,
             stride=2, norm_cfg=None)
         self.blocks = ModuleList([
-            PVTBlock(embed_dims, num_heads, mlp_ratio, drop_paths[i])
-            for i in range(depth)
+            PVTBlock(embed_dims, num_heads, mlp_ratio, drop_paths[i],
+                     **block_kwargs) for i in range(depth)
         ])
 
     def forward(self, x, hw, pool):
@@ -110,6 +127,12 @@ class PVTStage(BaseModule):
         for block in self.blocks:
             x = block(x, hw, pool)
         return x, hw
+
+
+def _four(values, kind) -> bool:
+    """Whether ``values`` is a list/tuple of 4 values of type ``kind``."""
+    return isinstance(values, (list, tuple)) and len(values) == 4 and all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in values)
 
 
 def replace_with_mask_token(x: torch.Tensor, hw: Tuple[int, int],
@@ -147,6 +170,32 @@ class PVT(BaseModule):
         drop_path_rate (float): Stochastic depth, linear over blocks.
         frozen_stages (int): Stem and stages ``<= frozen_stages`` are frozen
             (-1: none).
+        qkv_bias (bool): Biases of the query/key/value projections. Defaults
+            to True (PVTv1 and UM-MAE; mmpretrain's ``PCPVT`` defaults to
+            False, which would change every checkpoint's layout).
+        drop_rate (float): Dropout after the position embedding, the
+            attention projection and the MLP. Defaults to 0.
+        attn_drop_rate (float): Dropout on the attention weights.
+            Defaults to 0.
+        norm_cfg (dict): Norm of the blocks and of the output maps.
+            Defaults to ``dict(type='LN', eps=1e-6)`` (UM-MAE's).
+        norm_after_stage (bool): ``PCPVT``'s option to normalise the tokens
+            passed on to the next stage; only False (PVTv1: each returned map
+            has its own output norm ``norm{i}``, the next stage gets the
+            un-normalised tokens).
+        with_cp (bool): Activation checkpointing of every block (saves
+            memory, recomputes in the backward); also on UM-MAE's masked
+            path. Defaults to False.
+        norm_eval (bool): Keep BatchNorm layers (if ``norm_cfg`` makes any)
+            in eval mode during training, as mmpretrain's backbones.
+            Defaults to False.
+        init_cfg (dict | list, optional): as for every mmengine module;
+            ``type='Pretrained'`` loads strictly (see ``pretrained.py``).
+
+    Stands in for mmpretrain's ``PCPVT`` (same ``arch`` names and
+    ``in_channels``, ``out_indices``, ``drop_rate``, ``attn_drop_rate``,
+    ``drop_path_rate``, ``init_cfg``), but is PVTv1 with pooling spatial
+    reduction, so the weights do not load into ``PCPVT`` and back.
 
     Inputs whose sides are not multiples of 32 are zero-padded at the
     bottom/right (as mmpretrain's Swin does with ``pad_small_map``); the
@@ -171,23 +220,27 @@ class PVT(BaseModule):
                  out_indices: Sequence[int] = (3, ),
                  drop_path_rate: float = 0.,
                  frozen_stages: int = -1,
+                 qkv_bias: bool = True,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 norm_after_stage: bool = False,
+                 with_cp: bool = False,
+                 norm_eval: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         # init_cfg type='Pretrained': mmum's strict version (pretrained.py)
         self.init_cfg = use_strict_pretrained(self.init_cfg)
-        if isinstance(arch, str):
-            if arch.lower() not in self.arch_zoo:
-                raise ValueError(f'PVT arch {arch!r} is not one of '
-                                 f'{sorted(set(self.arch_zoo))} or a dict')
-            arch = {**self.pvt_v1, **self.arch_zoo[arch.lower()]}
-        keys = {'embed_dims', 'depths', 'num_heads', 'mlp_ratios'}
-        if not isinstance(arch, dict) or set(arch) != keys or any(
-                len(arch[k]) != 4 for k in keys):
-            raise ValueError(f'a custom PVT arch must be a dict with keys '
-                             f'{sorted(keys)}, 4 values each; got {arch!r}')
-        if len(sr_ratios) != 4 or any(r < 1 for r in sr_ratios):
-            raise ValueError(f'sr_ratios must be 4 positive ints, got '
+        arch = self._check_arch(arch)
+        if not _four(sr_ratios, int) or any(r < 1 for r in sr_ratios):
+            raise ValueError(f'sr_ratios must be a list of 4 positive ints '
+                             f'(one per stage, e.g. (8, 4, 2, 1)), got '
                              f'{sr_ratios!r}')
+        if norm_after_stage is not False:
+            raise ValueError(
+                f'norm_after_stage={norm_after_stage!r}: PVT has no norm '
+                "between stages (PCPVT's option); each returned map is "
+                'normalised by its own output norm norm{i}. Use False.')
         if any(i not in range(4) for i in out_indices):
             raise ValueError(f'out_indices must be in 0..3, got {out_indices}')
         if frozen_stages not in range(-1, 4):
@@ -198,6 +251,8 @@ class PVT(BaseModule):
         self.sr_ratios = tuple(sr_ratios)
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
+        self.with_cp = with_cp
+        self.norm_eval = norm_eval
 
         self.patch_embed = PatchEmbed(
             in_channels=in_channels, embed_dims=self.embed_dims[0],
@@ -208,6 +263,7 @@ class PVT(BaseModule):
             'pos_embed',
             build_2d_sincos_position_embedding(self.patch_resolution,
                                                self.embed_dims[0]))
+        self.drop_after_pos = nn.Dropout(drop_rate)
 
         dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         self.stages = ModuleList()
@@ -216,11 +272,37 @@ class PVT(BaseModule):
                 PVTStage(None if i == 0 else self.embed_dims[i - 1],
                          self.embed_dims[i], depth, arch['num_heads'][i],
                          arch['mlp_ratios'][i],
-                         dpr[sum(self.depths[:i]):sum(self.depths[:i + 1])]))
+                         dpr[sum(self.depths[:i]):sum(self.depths[:i + 1])],
+                         qkv_bias=qkv_bias, drop_rate=drop_rate,
+                         attn_drop_rate=attn_drop_rate, norm_cfg=norm_cfg,
+                         with_cp=with_cp))
         for i in self.out_indices:
             self.add_module(f'norm{i}',
-                            nn.LayerNorm(self.embed_dims[i], eps=1e-6))
+                            build_norm_layer(norm_cfg, self.embed_dims[i])[1])
         self._freeze_stages()
+
+    def _check_arch(self, arch) -> dict:
+        """The arch dict of a name or a custom dict, or a clear error."""
+        if isinstance(arch, str):
+            if arch.lower() not in self.arch_zoo:
+                raise ValueError(f'PVT arch {arch!r} is not one of '
+                                 f'{sorted(set(self.arch_zoo))} or a dict')
+            return {**self.pvt_v1, **self.arch_zoo[arch.lower()]}
+        keys = {'embed_dims', 'depths', 'num_heads', 'mlp_ratios'}
+        if not isinstance(arch, dict) or set(arch) != keys:
+            raise ValueError(
+                f'PVT arch must be one of {sorted(set(self.arch_zoo))} or a '
+                f'custom PVT arch: a dict with keys {sorted(keys)} (a list of '
+                f'4 values each); '
+                f'got {arch!r}')
+        for k in sorted(keys):
+            kind = (int, float) if k == 'mlp_ratios' else int
+            if not _four(arch[k], kind) or any(v <= 0 for v in arch[k]):
+                raise ValueError(
+                    f'PVT arch[{k!r}] must be a list of 4 positive '
+                    f'{"numbers" if k == "mlp_ratios" else "ints"} (one per '
+                    f'stage), got {arch[k]!r}')
+        return arch
 
     def init_weights(self) -> None:
         super().init_weights()
@@ -253,6 +335,7 @@ class PVT(BaseModule):
         """Run the stages on embedded tokens (B, h*w, C0) with key/value
         pooling ``pools``; returns the maps (B, C_i, h_i, w_i) of
         ``out_indices``."""
+        x = self.drop_after_pos(x)
         outs = []
         for i, stage in enumerate(self.stages):
             x, hw = stage(x, hw, pools[i])
@@ -322,4 +405,8 @@ class PVT(BaseModule):
     def train(self, mode: bool = True):
         super().train(mode)
         self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self

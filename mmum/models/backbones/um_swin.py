@@ -37,6 +37,12 @@ class UMSwinTransformer(CPBSwinTransformer):
     its cell). The fine-tuning :class:`CPBSwinTransformer` is the same either
     way (on a dense grid both agree).
 
+    Takes every ``SwinTransformer`` argument. On the masked path
+    ``out_after_downsample`` and ``with_cp`` are honoured;
+    ``use_abs_pos_embed=True`` and ``pad_small_map=True`` (where a stage map
+    is not larger than the window) apply to the dense path only and make a
+    masked forward raise a ``ValueError`` saying why.
+
     Args:
         unit (int): Size of a masking unit (16-px patch) in pixels.
             Defaults to 16.
@@ -76,6 +82,14 @@ class UMSwinTransformer(CPBSwinTransformer):
         must be multiples of ``unit``, and the window must tile the map.
         """
         H, W = hw
+        if self.use_abs_pos_embed:
+            raise ValueError(
+                'UM-MAE Swin: use_abs_pos_embed=True applies to the dense '
+                'path (mask=None) only: the masked path sees the compact '
+                'H/2 x W/2 input, whose token positions are not the '
+                "image's, so an absolute table would be read at the wrong "
+                'places (UM-MAE uses the relative bias only). Build the '
+                'pre-training encoder with use_abs_pos_embed=False.')
         stride = self.patch_embed.projection.stride[0] * 2**(
             len(self.stages) - 1)
         if H % stride or W % stride:
@@ -87,6 +101,15 @@ class UMSwinTransformer(CPBSwinTransformer):
             r = self.patch_embed.projection.stride[0] * 2**i
             size = min(H, W) // r
             window = stage.blocks[0].attn.window_size
+            if stage.blocks[0].attn.pad_small_map and size <= window:
+                raise ValueError(
+                    f'UM-MAE Swin: pad_small_map=True applies to the dense '
+                    f'path (mask=None) only: stage {i} of the compact input '
+                    f'{H}x{W} has {size} tokens a side, not more than the '
+                    f'window {window}, and padding it (instead of clamping '
+                    'the window) breaks the compact-input equivalence '
+                    '(paper §3.1). Build the pre-training encoder with '
+                    'pad_small_map=False (the default).')
             win = min(window, size)
             shifted = any(b.attn.shift_size for b in stage.blocks) and \
                 win < size
@@ -164,11 +187,14 @@ class UMSwinTransformer(CPBSwinTransformer):
             pos, k = self.stage_positions(index, i, hw_shape)
             for block in stage.blocks:
                 x = self.forward_block(block, x, hw_shape, pos, k)
+            merge = stage.downsample is not None
+            if merge and self.out_after_downsample:
+                x, hw_shape = stage.downsample(x, hw_shape)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x)
                 outs.append(
                     out.view(-1, *hw_shape, self.num_features[i]).permute(
                         0, 3, 1, 2).contiguous())  # B, C_i, h_i, w_i
-            if stage.downsample is not None:
+            if merge and not self.out_after_downsample:
                 x, hw_shape = stage.downsample(x, hw_shape)
         return tuple(outs)

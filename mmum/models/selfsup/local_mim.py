@@ -16,6 +16,7 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.models.selfsup.mae import MAEViT
 from mmpretrain.structures import DataSample
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mmum.models.backbones.um_swin import UMSwinTransformer
 from mmum.models.grid import check_grid
@@ -45,13 +46,28 @@ class LocalMIMViT(MAEViT):
     nor the class token enter the autograd graph.
 
     Args:
-        out_indices (Sequence[int]): 0-based blocks whose outputs are
-            returned. Defaults to (1, 3, 9, 11): blocks 2, 4, 10, 12 of ViT-B.
-        **kwargs: :class:`mmpretrain.models.MAEViT` arguments
-            (``final_norm`` is off: each decoder normalises its input).
+        out_indices (Sequence[int] | int): 0-based blocks whose outputs
+            are returned (negative: from the end). Defaults to
+            (1, 3, 9, 11): blocks 2, 4, 10, 12 of ViT-B (``MAEViT``'s -1
+            would give one scale; LocalMIM needs several).
+        final_norm (bool): only False: each decoder normalises its input.
+        with_cp (bool): Activation checkpointing of every block on the
+            masked (pre-training) path: the block is recomputed in the
+            backward instead of saving its activations. The dense path
+            (``mask=None``, mmpretrain's ViT forward) has no checkpointing
+            and refuses a gradient-tracking forward with it. Defaults to
+            False.
+        **kwargs: :class:`mmpretrain.models.MAEViT` arguments (``out_type``
+            shapes the dense path's outputs only).
     """
 
-    def __init__(self, out_indices: Sequence[int] = (1, 3, 9, 11), **kwargs):
+    def __init__(self, out_indices: Sequence[int] = (1, 3, 9, 11),
+                 final_norm: bool = False, with_cp: bool = False, **kwargs):
+        if final_norm is not False:
+            raise ValueError(
+                f'LocalMIMViT has no final norm (final_norm={final_norm!r}):'
+                ' every block output in out_indices feeds a decoder that '
+                'normalises it itself. Use final_norm=False.')
         ratio = kwargs.get('mask_ratio', 0.75)
         if not 0 < ratio < 1:
             raise ValueError(
@@ -59,6 +75,8 @@ class LocalMIMViT(MAEViT):
                 'the loss is taken on the masked patches (0 masks none, '
                 'every loss would be 0/0 = NaN) and the encoder needs '
                 'visible ones (1 keeps none)')
+        if isinstance(out_indices, int):  # as MAEViT: one block
+            out_indices = [out_indices]
         super().__init__(out_indices=list(out_indices), final_norm=False,
                          **kwargs)
         L = self.patch_resolution[0] * self.patch_resolution[1]
@@ -67,8 +85,17 @@ class LocalMIMViT(MAEViT):
                 f'LocalMIMViT: mask_ratio={ratio} keeps '
                 f'{int(L * (1 - ratio))} of the {L} patches; it must keep '
                 'at least one and mask at least one')
+        self.with_cp = with_cp
 
     def init_weights(self) -> None:
+        """MAE's initialisation with the released model's fixed positions,
+        unless ``init_cfg`` loads a checkpoint: then the loaded weights stay
+        (mmpretrain's ``MAEViT`` would redraw the patch embedding, class
+        token and positions after loading)."""
+        if isinstance(self.init_cfg, dict) and \
+                self.init_cfg.get('type') == 'Pretrained':
+            super(MAEViT, self).init_weights()  # VisionTransformer's: loads
+            return
         super().init_weights()
         # the released model's fixed positions (mmpretrain's MAEViT table,
         # written by super(), is their row/column transpose)
@@ -88,6 +115,13 @@ class LocalMIMViT(MAEViT):
         (B, N) mask with 1 = masked, (B, N) ids_restore); without ``mask``
         the plain ViT features."""
         if not mask:
+            if self.with_cp and torch.is_grad_enabled() and any(
+                    p.requires_grad for p in self.parameters()):
+                raise ValueError(
+                    'LocalMIMViT(with_cp=True) checkpoints the masked path '
+                    'only; the dense forward (mask=None) is mmpretrain\'s ViT'
+                    ' forward, without checkpointing. Run it under '
+                    'torch.no_grad() or build with with_cp=False.')
             return super().forward(x, mask=None)
         check_grid(self, x.shape[-2:], self.patch_resolution,
                    self.patch_embed.projection.stride)
@@ -103,7 +137,10 @@ class LocalMIMViT(MAEViT):
         outs = []
         for i, layer in enumerate(self.layers[:max(self.out_indices) + 1]):
             with torch.set_grad_enabled(grad and i + 1 >= n_frozen):
-                x = layer(x)
+                if self.with_cp and torch.is_grad_enabled():
+                    x = checkpoint(layer, x, use_reentrant=False)
+                else:
+                    x = layer(x)
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs), mask, ids_restore
@@ -260,11 +297,15 @@ class LocalMIMSwin(UMSwinTransformer):
                 depth += 1
                 with torch.set_grad_enabled(grad and depth >= n_frozen):
                     x = block(x, hw_shape)
+            merge = stage.downsample is not None
+            if merge and self.out_after_downsample:
+                with torch.set_grad_enabled(grad and depth >= n_frozen):
+                    x, hw_shape = stage.downsample(x, hw_shape)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x)
                 outs.append(out.view(-1, *hw_shape, self.num_features[i])
                             .permute(0, 3, 1, 2).contiguous())
-            if stage.downsample is not None:
+            if merge and not self.out_after_downsample:
                 with torch.set_grad_enabled(grad and depth >= n_frozen):
                     x, hw_shape = stage.downsample(x, hw_shape)
         return tuple(outs)
