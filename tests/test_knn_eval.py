@@ -255,10 +255,13 @@ WATCHED = {  # config -> hooks once its "Watching the run" block is on
     'configs/um_mae/pvt_s_200e.py': 2, 'configs/um_mae/swin_l_800e.py': 2,
     'configs/green_mim/swin_l_800e.py': 2,
 }
+# the block the configs on mmum's pre-training runtime share
+RUNTIME = 'configs/_base_/default_runtime.py'
 
 
 def test_config_blocks_uncommented_build(tmp_path):
-    """Every pre-training config carries a commented-out block with both
+    """Every pre-training config carries (or inherits from
+    configs/_base_/default_runtime.py) a commented-out block with both
     hooks; uncommented (in a copy) it parses and the hooks build."""
     import shutil
 
@@ -268,7 +271,7 @@ def test_config_blocks_uncommented_build(tmp_path):
     from mmum.registry import HOOKS
     root = osp.join(osp.dirname(__file__), '..')
     shutil.copytree(osp.join(root, 'configs'), tmp_path / 'configs')
-    for path in WATCHED:
+    for path in [*WATCHED, RUNTIME]:
         text = (tmp_path / path).read_text()
         if '# custom_hooks += [' in text:
             head, block = text.split('# custom_hooks += [')

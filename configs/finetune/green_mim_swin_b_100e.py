@@ -7,10 +7,12 @@
 #   tools/dist_train.sh configs/finetune/green_mim_swin_b_100e.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=PRETRAIN.pth
 _base_ = [
+    '../_base_/models/encoder_layouts.py',
+    '../_base_/models/imagenet_classifier.py',
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
-    'mmpretrain::_base_/default_runtime.py',
+    '../_base_/schedules/imagenet_finetune_adamw_layer_decay.py',
+    '../_base_/finetune_runtime.py',
 ]
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 pretrained = 'work_dirs/green_mim_swin_b_800e/epoch_800.pth'
 # the LayerNorm eps GreenMIM was pre-trained with (every encoder norm), so the
@@ -18,7 +20,6 @@ pretrained = 'work_dirs/green_mim_swin_b_800e/epoch_800.pth'
 ln = dict(type='LN', eps=1e-6)
 
 model = dict(
-    type='ImageClassifier',
     backbone=dict(
         type='mmpretrain.SwinTransformer',
         arch='base',
@@ -35,40 +36,16 @@ model = dict(
         init_cfg=dict(
             type='Pretrained', _scope_='mmum', checkpoint=pretrained,
             prefix='backbone.')),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(
-        type='LinearClsHead',
-        num_classes=1000,
-        in_channels=1024,
-        init_cfg=dict(type='TruncNormal', layer='Linear', std=2e-5),
-        loss=dict(
-            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
-        cal_acc=False),
-    train_cfg=dict(augments=[
-        dict(type='Mixup', alpha=0.8),
-        dict(type='CutMix', alpha=1.0)
-    ]))
+    head=dict(in_channels=1024))
 
 # 8 GPUs x 128 images x 2 accumulation steps = 2048
 train_dataloader = dict(batch_size=128)
 
 optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
-    accumulative_counts=2,
-    optimizer=dict(
-        type='AdamW',
-        lr=1.25e-4 * 2048 / 256,
-        betas=(0.9, 0.999),
-        weight_decay=0.05,
-        eps=1e-8),
+    optimizer=dict(lr=1.25e-4 * 2048 / 256),
     clip_grad=dict(max_norm=5.0),
-    constructor='mmpretrain.LearningRateDecayOptimWrapperConstructor',
     paramwise_cfg=dict(
         layer_decay_rate=0.9,
-        norm_decay_mult=0.0,
-        bias_decay_mult=0.0,
-        flat_decay_mult=0.0,
         custom_keys={
             '.absolute_pos_embed': dict(decay_mult=0.0),
             '.relative_position_bias_table': dict(decay_mult=0.0)
@@ -76,29 +53,9 @@ optim_wrapper = dict(
 
 # warm-up from 2.5e-7 to 1.25e-4 (per 256) over 20 epochs, cosine to 2.5e-7
 param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=2.5e-7 / 1.25e-4,
-        by_epoch=True,
-        begin=0,
-        end=20,
-        convert_to_iter_based=True),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=80,
-        eta_min=2.5e-7 * 2048 / 256,
-        by_epoch=True,
-        begin=20,
-        end=100,
-        convert_to_iter_based=True)
+    dict(_base_.param_scheduler[0], start_factor=2.5e-7 / 1.25e-4, end=20),
+    dict(_base_.param_scheduler[1], T_max=80, eta_min=2.5e-7 * 2048 / 256,
+         begin=20),
 ]
 
-train_cfg = dict(by_epoch=True, max_epochs=100, val_interval=10)
-val_cfg = dict()
-test_cfg = dict()
-default_hooks = dict(
-    checkpoint=dict(
-        type='CheckpointHook', interval=1, max_keep_ckpts=3,
-        save_best='auto'))
-randomness = dict(seed=0, diff_rank_seed=True)
 auto_scale_lr = dict(base_batch_size=2048)

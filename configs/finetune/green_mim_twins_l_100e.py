@@ -12,12 +12,8 @@ pretrained = 'work_dirs/twins_l_800e/epoch_800.pth'
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmum.GreenTwins',
-        arch='large',
-        norm_after_stage=[False, False, False, True],
-        drop_path_rate=0.2,
-        out_indices=(3, ),
+        _base_.twins_l_layout, _delete_=True, type='mmum.GreenTwins',
+        drop_path_rate=0.2, out_indices=(3, ),
         # mmum's strict Pretrained: refuses a checkpoint that leaves
         # backbone weights random
         init_cfg=dict(

@@ -9,13 +9,8 @@ pretrained = 'work_dirs/um_mae_pvt_s_200e/epoch_200.pth'
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmum.PVT',
-        arch='small',
-        img_size=256,
-        sr_ratios=(8, 4, 2, 1),
-        drop_path_rate=0.1,
-        out_indices=(3, ),
+        _base_.pvt_s_layout, _delete_=True, type='mmum.PVT', img_size=256,
+        drop_path_rate=0.1, out_indices=(3, ),
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     head=dict(in_channels=512))

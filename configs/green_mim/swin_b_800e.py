@@ -2,10 +2,11 @@
 # (Huang et al. 2022, §4.1): batch 2048 = 8 GPUs x 256,
 #   tools/dist_train.sh configs/green_mim/swin_b_800e.py 8
 _base_ = [
+    '../_base_/models/encoder_layouts.py',
     'mmpretrain::_base_/datasets/imagenet_bs512_mae.py',
-    'mmpretrain::_base_/default_runtime.py',
+    '../_base_/schedules/adamw_warmup_cosine.py',
+    '../_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 model = dict(
     type='mmum.GreenMIM',
@@ -55,13 +56,7 @@ train_dataloader = dict(
 
 # AdamW, blr 1.5e-4 scaled by batch / 256, betas (0.9, 0.999) as in the paper
 optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
-    optimizer=dict(
-        type='AdamW',
-        lr=1.5e-4 * 2048 / 256,
-        betas=(0.9, 0.999),
-        weight_decay=0.05),
+    optimizer=dict(lr=1.5e-4 * 2048 / 256, betas=(0.9, 0.999)),
     paramwise_cfg=dict(
         custom_keys={
             'norm': dict(decay_mult=0.0),
@@ -73,45 +68,11 @@ optim_wrapper = dict(
 
 # 40 warm-up epochs from 1.5e-7 (x 2048/256), then cosine to 0
 param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-3,
-        by_epoch=True,
-        begin=0,
-        end=40,
-        convert_to_iter_based=True),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=760,
-        by_epoch=True,
-        begin=40,
-        end=800,
-        convert_to_iter_based=True)
+    dict(_base_.param_scheduler[0], start_factor=1e-3, end=40),
+    dict(_base_.param_scheduler[1], T_max=760, begin=40, end=800),
 ]
-
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=800)
-default_hooks = dict(
-    # atomic saving: a kill while saving never breaks the latest checkpoint
-    checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
-                    max_keep_ckpts=3))
-# stop with a message on a NaN/inf loss, before it reaches a checkpoint
-custom_hooks = [dict(type='mmum.NaNGuardHook')]
-randomness = dict(seed=0, diff_rank_seed=True)
-resume = True
+train_cfg = dict(max_epochs=800)
 auto_scale_lr = dict(base_batch_size=2048)
 
-# Watching the run (README "Watching a run"): uncomment and set the
-# ImageNet paths to log a weighted k-NN top-1/top-5 of the encoder (10k
-# train / 5k val images) every 10 epochs and to draw
-# the reconstructions of 4 val images (<work_dir>/reconstructions and
-# the Visualizer backends).
-# custom_hooks += [
-#     dict(type='mmum.KNNEvalHook', interval=10,
-#          train_dataset=dict(type='ImageNet', data_root='data/imagenet',
-#                             split='train'), train_subset=10000,
-#          val_dataset=dict(type='ImageNet', data_root='data/imagenet',
-#                           split='val'), val_subset=5000),
-#     dict(type='mmum.ReconstructionHook', interval=10, num_images=4,
-#          dataset=dict(type='ImageNet', data_root='data/imagenet',
-#                       split='val')),
-# ]
+# Watching the run (k-NN accuracy, reconstructions): the commented-out hooks
+# at the end of configs/_base_/default_runtime.py.

@@ -12,12 +12,7 @@ _base_ = './swin_b_800e.py'
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmum.GreenTwins',
-        arch='large',
-        # Twins' classification layout: one norm after the last stage, the
-        # encoder output the decoder reads (as MAE's final norm)
-        norm_after_stage=[False, False, False, True],
+        _base_.twins_l_layout, _delete_=True, type='mmum.GreenTwins',
         drop_path_rate=0.0,
         init_cfg=None),  # SVT's own init (trunc-normal Linear, fan-out conv)
     neck=dict(embed_dim=1024))  # Twins-L stage-4 width

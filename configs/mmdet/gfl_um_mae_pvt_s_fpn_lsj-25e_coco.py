@@ -9,13 +9,7 @@ pretrained = 'work_dirs/um_mae_pvt_s_100e/epoch_100.pth'
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmum.PVT',
-        arch='small',
-        img_size=1024,
-        sr_ratios=(8, 4, 2, 1),
-        drop_path_rate=0.1,
-        out_indices=(0, 1, 2, 3),
+        _base_.um_mae_pvt_s_dense, _delete_=True, img_size=1024,
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[64, 128, 320, 512]))

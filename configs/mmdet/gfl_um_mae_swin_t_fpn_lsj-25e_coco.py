@@ -6,32 +6,20 @@
 # pre-training checkpoint itself); both keep the `backbone.` prefix:
 #   tools/dist_train.sh configs/mmdet/gfl_um_mae_swin_t_fpn_lsj-25e_coco.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/um_mae_swin_t_100e/epoch_100.pth
-_base_ = 'mmdet::gfl/gfl_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+_base_ = [
+    'mmdet::gfl/gfl_r50_fpn_1x_coco.py',
+    '../_base_/models/um_mae_dense_backbones.py',
+    '../_base_/schedules/dense_adamw.py',
+]
 
 pretrained = 'work_dirs/um_mae_swin_t_100e/epoch_100.pth'
 image_size = (1024, 1024)
 max_epochs = 25
 
-ln = dict(type='LN', eps=1e-6)
 model = dict(
+    # the pre-training architecture (released UM-MAE layout)
     backbone=dict(
-        _delete_=True,
-        type='mmum.CPBSwinTransformer',
-        arch='tiny',
-        img_size=1024,
-        window_size=7,
-        pad_small_map=True,
-        drop_path_rate=0.1,
-        out_indices=(0, 1, 2, 3),
-        # the pre-training architecture (released UM-MAE layout): LN + conv
-        # patch merging, 32-wide bias MLP, LayerNorm eps 1e-6
-        patch_merging='conv',
-        cpb_hidden_dims=32,
-        norm_cfg=ln,
-        patch_cfg=dict(norm_cfg=ln),
-        stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln), downsample_cfg=dict(
-            norm_cfg=ln)),
+        _base_.um_mae_swin_dense, _delete_=True, arch='tiny', img_size=1024,
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[96, 192, 384, 768]))
@@ -55,30 +43,18 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')
 ]
+# mmdet's test pipeline at the 1024² scale
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    _base_.val_dataloader.dataset.pipeline[0],
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor'))
+    *_base_.val_dataloader.dataset.pipeline[2:],
 ]
 train_dataloader = dict(
     batch_size=2, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(
-        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            'norm': dict(decay_mult=0.),
-            '.cpb': dict(decay_mult=0.),
-        }))
+optim_wrapper = dict(_base_.dense_adamw, _delete_=True)
 
 param_scheduler = [
     dict(

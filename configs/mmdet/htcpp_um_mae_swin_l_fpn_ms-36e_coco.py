@@ -25,8 +25,11 @@
 #
 #   tools/dist_train.sh configs/mmdet/htcpp_um_mae_swin_l_fpn_ms-36e_coco.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/um_mae_swin_l_100e/epoch_100.pth
-_base_ = 'mmdet::htc/htc_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+_base_ = [
+    'mmdet::htc/htc_r50_fpn_1x_coco.py',
+    '../_base_/models/um_mae_dense_backbones.py',
+    '../_base_/schedules/dense_adamw.py',
+]
 
 pretrained = 'work_dirs/um_mae_swin_l_100e/epoch_100.pth'
 max_epochs = 36
@@ -55,25 +58,12 @@ def cascade_bbox_head(stds):
         loss_bbox=dict(type='GIoULoss', loss_weight=10.0))
 
 
-ln = dict(type='LN', eps=1e-6)
 model = dict(
+    # the pre-training architecture (released UM-MAE Swin-L layout, with its
+    # 64-wide bias MLP)
     backbone=dict(
-        _delete_=True,
-        type='mmum.CPBSwinTransformer',
-        arch='large',
-        img_size=1024,
-        window_size=7,
-        pad_small_map=True,
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        # the pre-training architecture (released UM-MAE layout): LN + conv
-        # patch merging, 64-wide bias MLP, LayerNorm eps 1e-6
-        patch_merging='conv',
-        cpb_hidden_dims=64,
-        norm_cfg=ln,
-        patch_cfg=dict(norm_cfg=ln),
-        stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln), downsample_cfg=dict(
-            norm_cfg=ln)),
+        _base_.um_mae_swin_dense, _delete_=True, arch='large', img_size=1024,
+        drop_path_rate=0.2, cpb_hidden_dims=64,
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[192, 384, 768, 1536]),
@@ -100,42 +90,19 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')
 ]
+# mmdet's test pipeline at the larger scale
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    _base_.val_dataloader.dataset.pipeline[0],
     dict(type='Resize', scale=(1600, 1400), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor'))
+    *_base_.val_dataloader.dataset.pipeline[2:],
 ]
 train_dataloader = dict(
     batch_size=2, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(
-        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            'norm': dict(decay_mult=0.),
-            '.cpb': dict(decay_mult=0.),
-        }))
+optim_wrapper = dict(_base_.dense_adamw, _delete_=True)
 
-param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-        end=1000),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_epochs,
-        by_epoch=True,
-        milestones=[27, 33],
-        gamma=0.1)
-]
+param_scheduler = _base_.det_3x_steps
 train_cfg = dict(max_epochs=max_epochs)
 auto_scale_lr = dict(enable=False, base_batch_size=16)

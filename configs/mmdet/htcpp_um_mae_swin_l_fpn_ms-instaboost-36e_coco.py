@@ -4,7 +4,7 @@
 _base_ = './htcpp_um_mae_swin_l_fpn_ms-36e_coco.py'
 
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
+    _base_.train_pipeline[0],
     dict(
         type='InstaBoost',
         action_candidate=('normal', 'horizontal', 'skip'),
@@ -16,14 +16,6 @@ train_pipeline = [
         color_prob=0.5,
         hflag=False,
         aug_ratio=0.5),
-    dict(
-        type='LoadAnnotations', with_bbox=True, with_mask=True,
-        with_seg=True),
-    dict(
-        type='RandomResize',
-        scale=[(1600, 400), (1600, 1400)],
-        keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
+    *_base_.train_pipeline[1:],
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))

@@ -5,8 +5,11 @@
 # ImageNet fine-tuning) checkpoint by their `backbone.` prefix:
 #   tools/dist_train.sh configs/mmdet/mask-rcnn_green_mim_swin_b_fpn_1x_coco.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/green_mim_swin_b_800e/epoch_800.pth
-_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+_base_ = [
+    'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
+    '../_base_/models/encoder_layouts.py',
+    '../_base_/schedules/dense_adamw.py',
+]
 
 pretrained = 'work_dirs/green_mim_swin_b_800e/epoch_800.pth'
 # the LayerNorm eps GreenMIM was pre-trained with (every encoder norm), so the

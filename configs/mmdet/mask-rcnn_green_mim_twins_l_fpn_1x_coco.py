@@ -11,12 +11,8 @@ pretrained = 'work_dirs/twins_l_800e/epoch_800.pth'
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmpretrain.SVT',
-        arch='large',
-        norm_after_stage=[False, False, False, True],
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
+        _base_.twins_l_layout, _delete_=True, type='mmpretrain.SVT',
+        drop_path_rate=0.2, out_indices=(0, 1, 2, 3),
         # mmum's strict Pretrained: refuses a checkpoint that leaves
         # backbone weights random
         init_cfg=dict(

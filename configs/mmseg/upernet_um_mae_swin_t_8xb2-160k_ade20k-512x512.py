@@ -14,33 +14,19 @@ _base_ = [
     'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py',
+    '../_base_/models/um_mae_dense_backbones.py',
+    '../_base_/schedules/dense_adamw.py',
 ]
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 # intermediate fine-tuning (or pre-training) checkpoint, `backbone.` prefix
 pretrained = 'work_dirs/um_mae_swin_t_100e/epoch_100.pth'
 crop_size = (512, 512)
 
-ln = dict(type='LN', eps=1e-6)
 model = dict(
     data_preprocessor=dict(size=crop_size),
+    # the pre-training architecture (released UM-MAE layout)
     backbone=dict(
-        _delete_=True,
-        type='mmum.CPBSwinTransformer',
-        arch='tiny',
-        img_size=512,
-        window_size=7,
-        pad_small_map=True,
-        drop_path_rate=0.1,
-        out_indices=(0, 1, 2, 3),
-        # the pre-training architecture (released UM-MAE layout): LN + conv
-        # patch merging, 32-wide bias MLP, LayerNorm eps 1e-6
-        patch_merging='conv',
-        cpb_hidden_dims=32,
-        norm_cfg=ln,
-        patch_cfg=dict(norm_cfg=ln),
-        stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln), downsample_cfg=dict(
-            norm_cfg=ln)),
+        _base_.um_mae_swin_dense, _delete_=True, arch='tiny', img_size=512,
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
@@ -48,16 +34,7 @@ model = dict(
 
 train_dataloader = dict(batch_size=2)
 
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(
-        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            'norm': dict(decay_mult=0.),
-            '.cpb': dict(decay_mult=0.),
-        }))
+optim_wrapper = dict(_base_.dense_adamw, _delete_=True)
 
 param_scheduler = [
     dict(

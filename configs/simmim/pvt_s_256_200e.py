@@ -7,11 +7,6 @@ _base_ = './swin_t_256_200e.py'
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmum.SimMIMPVT',
-        arch='small',
-        img_size=256,
-        sr_ratios=(8, 4, 2, 1),
-        drop_path_rate=0.0,
-        out_indices=(3, )),
+        _base_.pvt_s_layout, _delete_=True, type='mmum.SimMIMPVT',
+        img_size=256, drop_path_rate=0.0, out_indices=(3, )),
     neck=dict(in_channels=512))

@@ -5,20 +5,15 @@
 # (random, as MAE samples).
 #   tools/dist_train.sh configs/simmim/swin_t_256_200e.py 8
 _base_ = [
+    '../_base_/models/encoder_layouts.py',
     '../_base_/datasets/imagenet_bs128_um_mae_256.py',
     '../_base_/schedules/um_mae_adamw_coslr.py',
-    'mmpretrain::_base_/default_runtime.py',
+    '../_base_/default_runtime.py',
 ]
 
+# UM-MAE's crop and flip, then SimMIM's masks
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='RandomResizedCrop',
-        scale=256,
-        crop_ratio_range=(0.2, 1.0),
-        backend='pillow',
-        interpolation='bicubic'),
-    dict(type='RandomFlip', prob=0.5),
+    *_base_.train_pipeline[:3],
     dict(
         type='SimMIMMaskGenerator',
         input_size=256,
@@ -29,7 +24,6 @@ train_pipeline = [
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
-ln = dict(type='LN', eps=1e-6)
 model = dict(
     type='mmpretrain.SimMIM',
     data_preprocessor=dict(
@@ -38,31 +32,19 @@ model = dict(
         std=[58.395, 57.12, 57.375],
         to_rgb=True),
     backbone=dict(
+        # UM-MAE's (released) Swin layout, windows of 8
+        _base_.um_mae_swin_layout,
         type='mmum.SimMIMCPBSwinTransformer',
         arch='tiny',
         img_size=256,
         drop_path_rate=0.0,
-        # UM-MAE's (released) Swin layout: LN + conv patch merging, 32-wide
-        # bias MLP, LayerNorm eps 1e-6
-        patch_merging='conv',
-        cpb_hidden_dims=32,
-        norm_cfg=ln,
-        patch_cfg=dict(norm_cfg=ln),
         stage_cfgs=dict(
-            block_cfgs=dict(window_size=8, norm_cfg=ln),
-            downsample_cfg=dict(norm_cfg=ln))),
+            block_cfgs=dict(window_size=8, norm_cfg=_base_.ln),
+            downsample_cfg=dict(norm_cfg=_base_.ln))),
     neck=dict(type='SimMIMLinearDecoder', in_channels=768, encoder_stride=32),
     head=dict(
         type='SimMIMHead',
         patch_size=4,
         loss=dict(type='PixelReconstructionLoss', criterion='L1', channel=3)))
 
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50),
-    # atomic saving: a kill while saving never breaks the latest checkpoint
-    checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
-                    max_keep_ckpts=3))
-# stop with a message on a NaN/inf loss, before it reaches a checkpoint
-custom_hooks = [dict(type='mmum.NaNGuardHook')]
-randomness = dict(seed=0, diff_rank_seed=True)
-resume = True
+default_hooks = dict(logger=dict(type='LoggerHook', interval=50))

@@ -6,15 +6,9 @@
 #   tools/dist_train.sh configs/simmim/twins_l_224_800e.py 8
 _base_ = '../green_mim/twins_l_800e.py'
 
+# MAE's crop and flip, then SimMIM's masks
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='RandomResizedCrop',
-        scale=224,
-        crop_ratio_range=(0.2, 1.0),
-        backend='pillow',
-        interpolation='bicubic'),
-    dict(type='RandomFlip', prob=0.5),
+    *_base_.train_dataloader.dataset.pipeline[:3],
     dict(
         type='SimMIMMaskGenerator',
         input_size=224,
@@ -36,10 +30,7 @@ model = dict(
         std=[58.395, 57.12, 57.375],
         to_rgb=True),
     backbone=dict(
-        type='mmum.SimMIMSVT',
-        arch='large',
-        norm_after_stage=[False, False, False, True],
-        drop_path_rate=0.0),
+        _base_.twins_l_layout, type='mmum.SimMIMSVT', drop_path_rate=0.0),
     neck=dict(
         type='mmpretrain.SimMIMLinearDecoder',
         in_channels=1024,

@@ -8,15 +8,9 @@ _base_ = './swin_t_200e.py'
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmum.UMPVT',
-        arch='small',
-        img_size=128,
-        sr_ratios=(8, 4, 2, 1),
-        drop_path_rate=0.0,
-        out_indices=(3, )),
+        _base_.pvt_s_layout, _delete_=True, type='mmum.UMPVT', img_size=128,
+        drop_path_rate=0.0, out_indices=(3, )),
     neck=dict(embed_dim=512))
 
-# Watching the run: the commented-out hooks at the end of
-# ./swin_t_200e.py apply here too once uncommented there (this config
-# inherits its custom_hooks).
+# Watching the run (k-NN accuracy, reconstructions): the commented-out hooks
+# at the end of configs/_base_/default_runtime.py.

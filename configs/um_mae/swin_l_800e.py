@@ -16,23 +16,10 @@ train_dataloader = dict(batch_size=64)
 optim_wrapper = dict(accumulative_counts=8)
 
 param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-4,
-        by_epoch=True,
-        begin=0,
-        end=40,
-        convert_to_iter_based=True),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=760,
-        by_epoch=True,
-        begin=40,
-        end=800,
-        convert_to_iter_based=True)
+    dict(_base_.param_scheduler[0], end=40),
+    dict(_base_.param_scheduler[1], T_max=760, begin=40, end=800),
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=800)
+train_cfg = dict(max_epochs=800)
 
-# Watching the run: the commented-out hooks at the end of
-# ./swin_t_200e.py apply here too once uncommented there (this config
-# inherits its custom_hooks).
+# Watching the run (k-NN accuracy, reconstructions): the commented-out hooks
+# at the end of configs/_base_/default_runtime.py.

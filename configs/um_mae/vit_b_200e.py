@@ -19,21 +19,12 @@ train_dataloader = dict(
     collate_fn=dict(_delete_=True, type='default_collate'))
 optim_wrapper = dict(accumulative_counts=4)
 
+# mmpretrain's MAE schedule (40 warm-up epochs, cosine) cut to 200 epochs
 param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-4,
-        by_epoch=True,
-        begin=0,
-        end=40,
-        convert_to_iter_based=True),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=160,
-        by_epoch=True,
-        begin=40,
-        end=200,
-        convert_to_iter_based=True)
+    dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0, end=40,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=160, by_epoch=True, begin=40,
+         end=200, convert_to_iter_based=True)
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=200)
 default_hooks = dict(
@@ -47,7 +38,8 @@ custom_hooks = [dict(type='mmum.NaNGuardHook')]
 # ImageNet paths to log a weighted k-NN top-1/top-5 of the encoder (10k
 # train / 5k val images) every 10 epochs and to draw
 # the reconstructions of 4 val images (<work_dir>/reconstructions and
-# the Visualizer backends).
+# the Visualizer backends). This config is built on mmpretrain's MAE config,
+# not on configs/_base_/default_runtime.py (whose block the others use).
 # custom_hooks += [
 #     dict(type='mmum.KNNEvalHook', interval=10,
 #          train_dataset=dict(type='ImageNet', data_root='data/imagenet',

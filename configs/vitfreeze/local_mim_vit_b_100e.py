@@ -2,9 +2,9 @@
 # ViTFreeze (arXiv 2312.02194, Table 1). 8 GPUs x 512 images.
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs512_mae.py',
-    'mmpretrain::_base_/default_runtime.py',
+    '../_base_/schedules/adamw_warmup_cosine.py',
+    '../_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 # mmpretrain's bases get `_scope_` in every dict, which default_collate
 # (not built from a registry) would receive as a keyword argument
@@ -37,11 +37,7 @@ model = dict(
 # one param group per parameter with its `layer_id` (what FreezeOutLR needs);
 # layer_decay_rate=1 keeps every lr equal
 optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
-    optimizer=dict(
-        type='AdamW', lr=2e-4 * 4096 / 256, betas=(0.9, 0.95),
-        weight_decay=0.05),
+    optimizer=dict(lr=2e-4 * 4096 / 256),
     constructor='mmpretrain.LearningRateDecayOptimWrapperConstructor',
     paramwise_cfg=dict(
         layer_decay_rate=1.0,
@@ -51,47 +47,12 @@ optim_wrapper = dict(
             '.mask_token': dict(decay_mult=0.0)
         }))
 
+# 10 warm-up epochs, cosine to 0 at epoch 100
 param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-4,
-        by_epoch=True,
-        begin=0,
-        end=10,
-        convert_to_iter_based=True),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=90,
-        by_epoch=True,
-        begin=10,
-        end=100,
-        convert_to_iter_based=True)
+    _base_.param_scheduler[0],
+    dict(_base_.param_scheduler[1], T_max=90, end=100),
 ]
+train_cfg = dict(max_epochs=100)
 
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=100)
-default_hooks = dict(
-    # atomic saving: a kill while saving never breaks the latest checkpoint
-    checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
-                    max_keep_ckpts=3))
-# stop with a message on a NaN/inf loss, before it reaches a checkpoint
-custom_hooks = [dict(type='mmum.NaNGuardHook')]
-randomness = dict(seed=0, diff_rank_seed=True)
-resume = True
-auto_scale_lr = dict(base_batch_size=4096)
-
-# Watching the run (README "Watching a run"): uncomment and set the
-# ImageNet paths to log a weighted k-NN top-1/top-5 of the encoder (10k
-# train / 5k val images) every 10 epochs and to draw
-# the reconstructions of 4 val images (<work_dir>/reconstructions and
-# the Visualizer backends).
-# LocalMIM predicts HOG: the pictures show the HOG of 16-px cells.
-# custom_hooks += [
-#     dict(type='mmum.KNNEvalHook', interval=10,
-#          train_dataset=dict(type='ImageNet', data_root='data/imagenet',
-#                             split='train'), train_subset=10000,
-#          val_dataset=dict(type='ImageNet', data_root='data/imagenet',
-#                           split='val'), val_subset=5000),
-#     dict(type='mmum.ReconstructionHook', interval=10, num_images=4,
-#          dataset=dict(type='ImageNet', data_root='data/imagenet',
-#                       split='val')),
-# ]
+# Watching the run (k-NN accuracy, HOG reconstructions): the commented-out
+# hooks at the end of configs/_base_/default_runtime.py.

@@ -5,9 +5,10 @@
 # block), 100 epochs with 10 of warm-up. 8 GPUs x 128 images x 4 steps.
 _base_ = [
     '../_base_/datasets/imagenet_bs128_um_mae_256.py',
-    'mmpretrain::_base_/default_runtime.py',
+    '../_base_/schedules/adamw_warmup_cosine.py',
+    '../_base_/default_runtime.py',
+    '../_base_/schedules/freezeout.py',
 ]
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 model = dict(
     type='mmum.UMLocalMIM',
@@ -28,59 +29,19 @@ model = dict(
         type='mmum.HOGTarget', cell_sizes=(4, 8, 16, 32), nbins=9))
 
 optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
     accumulative_counts=4,
-    optimizer=dict(
-        type='AdamW', lr=2e-4 * 4096 / 256, betas=(0.9, 0.95),
-        weight_decay=0.05),
+    optimizer=dict(lr=2e-4 * 4096 / 256),
     constructor='mmpretrain.LearningRateDecayOptimWrapperConstructor',
     paramwise_cfg=dict(
         layer_decay_rate=1.0,
         flat_decay_mult=0.0,
         custom_keys={'.mask_token': dict(decay_mult=0.0)}))
 
-param_scheduler = [
-    dict(
-        type='mmum.FreezeOutLR',
-        t_0=0.8,
-        spacing='cubic',
-        scale_lr=True,
-        warmup=10,
-        by_epoch=True,
-        begin=0,
-        end=100,
-        convert_to_iter_based=True)
-]
-custom_hooks = [
-    dict(type='mmum.FreezeOutHook'),
-    dict(type='mmum.DecoderPruningHook'),
-    dict(type='mmum.NaNGuardHook'),  # stop on a NaN/inf loss
-]
+param_scheduler = [_base_.freezeout_lr]
+custom_hooks = _base_.freezeout_hooks + _base_.custom_hooks
 find_unused_parameters = True
 
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=100)
-default_hooks = dict(
-    # atomic saving: a kill while saving never breaks the latest checkpoint
-    checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
-                    max_keep_ckpts=3))
-randomness = dict(seed=0, diff_rank_seed=True)
-resume = True
-auto_scale_lr = dict(base_batch_size=4096)
+train_cfg = dict(max_epochs=100)
 
-# Watching the run (README "Watching a run"): uncomment and set the
-# ImageNet paths to log a weighted k-NN top-1/top-5 of the encoder (10k
-# train / 5k val images) every 10 epochs and to draw
-# the reconstructions of 4 val images (<work_dir>/reconstructions and
-# the Visualizer backends).
-# LocalMIM predicts HOG: the pictures show the HOG of 16-px cells.
-# custom_hooks += [
-#     dict(type='mmum.KNNEvalHook', interval=10,
-#          train_dataset=dict(type='ImageNet', data_root='data/imagenet',
-#                             split='train'), train_subset=10000,
-#          val_dataset=dict(type='ImageNet', data_root='data/imagenet',
-#                           split='val'), val_subset=5000),
-#     dict(type='mmum.ReconstructionHook', interval=10, num_images=4,
-#          dataset=dict(type='ImageNet', data_root='data/imagenet',
-#                       split='val')),
-# ]
+# Watching the run (k-NN accuracy, HOG reconstructions): the commented-out
+# hooks at the end of configs/_base_/default_runtime.py.

@@ -2,8 +2,6 @@
 # mmpretrain's layout: data/imagenet/{train,meta/train.txt}.
 _base_ = 'mmpretrain::_base_/datasets/imagenet_bs512_mae.py'
 
-custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
-
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(

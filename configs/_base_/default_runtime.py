@@ -1,0 +1,34 @@
+# Runtime of mmum's pre-training configs: mmpretrain's runtime with mmum's
+# registry, atomic checkpoints, a NaN/inf guard, per-rank seeds and
+# auto-resume.
+_base_ = 'mmpretrain::_base_/default_runtime.py'
+
+custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
+
+default_hooks = dict(
+    # atomic saving: a kill while saving never breaks the latest checkpoint
+    checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
+                    max_keep_ckpts=3))
+# stop with a message on a NaN/inf loss, before it reaches a checkpoint
+custom_hooks = [dict(type='mmum.NaNGuardHook')]
+
+randomness = dict(seed=0, diff_rank_seed=True)
+resume = True
+
+# Watching the run (README "Watching a run"): uncomment and set the
+# ImageNet paths to log a weighted k-NN top-1/top-5 of the encoder (10k
+# train / 5k val images) every 10 epochs and to draw the reconstructions of 4
+# val images (<work_dir>/reconstructions and the Visualizer backends; for
+# LocalMIM / ViTFreeze the pictures show the HOG of 16-px cells) in every
+# pre-training config on this runtime (UM-MAE Swin / PVT, GreenMIM,
+# LocalMIM, ViTFreeze, SimMIM).
+# custom_hooks += [
+#     dict(type='mmum.KNNEvalHook', interval=10,
+#          train_dataset=dict(type='ImageNet', data_root='data/imagenet',
+#                             split='train'), train_subset=10000,
+#          val_dataset=dict(type='ImageNet', data_root='data/imagenet',
+#                           split='val'), val_subset=5000),
+#     dict(type='mmum.ReconstructionHook', interval=10, num_images=4,
+#          dataset=dict(type='ImageNet', data_root='data/imagenet',
+#                       split='val')),
+# ]
