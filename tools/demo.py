@@ -75,12 +75,15 @@ def demo_cfg(work_dir: str, data_dir: str, iters: int, batch_size: int,
         type='CustomDataset', data_root=data_dir, with_label=False,
         pipeline=cfg.train_pipeline)
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters)
+    # a 10 % warm-up, then cosine; runs under 20 iterations skip the
+    # warm-up (a 1-iteration one would leave cosine starting at its floor)
+    warmup = iters // 10 if iters >= 20 else 0
     cfg.param_scheduler = [
         dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-             end=max(1, iters // 10)),
-        dict(type='CosineAnnealingLR', by_epoch=False,
-             begin=max(1, iters // 10), end=iters, eta_min=1e-5)
-    ]
+             end=warmup),
+        dict(type='CosineAnnealingLR', by_epoch=False, begin=warmup,
+             end=iters, eta_min=1e-5)
+    ][0 if warmup else 1:]
     cfg.optim_wrapper.optimizer.lr = 1e-3
     cfg.optim_wrapper.accumulative_counts = 1
     if not torch.cuda.is_available():  # AMP needs a GPU
