@@ -15,7 +15,7 @@ custom_hooks = [dict(type='mmum.NaNGuardHook')]
 randomness = dict(seed=0, diff_rank_seed=True)
 resume = True
 
-# Watching the run (README "Watching a run"): uncomment and set the
+# Watching the run (docs/watching.md): uncomment and set the
 # ImageNet paths to log a weighted k-NN top-1/top-5 of the encoder (10k
 # train / 5k val images) every 10 epochs and to draw the reconstructions of 4
 # val images (<work_dir>/reconstructions and the Visualizer backends; for
