@@ -76,6 +76,8 @@ def test_starts_from_pretraining_and_saves_backbone(root, arch):
     assert backbone <= set(pre) | {
         f'backbone.norm{i}.{w}' for i in range(4) for w in ('weight', 'bias')}
     for k in backbone & set(pre):
+        if k.endswith('pos_embed') and out[k].shape != pre[k].shape:
+            continue  # fixed sin-cos table, built for each model's own grid
         assert torch.allclose(out[k], pre[k], atol=1e-3), k
     assert runner.iter == 2
 
