@@ -69,6 +69,10 @@ def tiny_detector(case, checkpoint, data_root):
         m.backbone.update(arch=SWIN_TINY if arch == 'swin' else PVT_TINY,
                           img_size=SIZE)
     m.backbone.init_cfg.checkpoint = checkpoint
+    if 'cpb_hidden_dims' in m.backbone:
+        # the tiny UM-MAE run is the Swin-T recipe (32-wide bias MLP); the
+        # Swin-L configs' 64 would not load it
+        m.backbone.cpb_hidden_dims = 32
     if m.backbone.type == 'mmpretrain.SwinTransformer':
         # the window of the tiny GreenMIM run (the real Swin-B recipe keeps
         # its window 7 too); resizing the bias table would go through
