@@ -135,6 +135,23 @@ def _four(values, kind) -> bool:
         isinstance(v, kind) and not isinstance(v, bool) for v in values)
 
 
+class SimMIMMaskToken:
+    """Mixin for SimMIM baseline encoders: a learnable ``mask_token``
+    (1, 1, C_0) of the first stage's width, truncated normal (std 0.02)
+    unless the encoder loads pretrained weights. Put it before the encoder
+    class in the bases; use it with :func:`replace_with_mask_token`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims[0]))
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if not (isinstance(self.init_cfg, dict)
+                and self.init_cfg.get('type') == 'Pretrained'):
+            trunc_normal_(self.mask_token, std=.02)
+
+
 def replace_with_mask_token(x: torch.Tensor, hw: Tuple[int, int],
                             mask: torch.Tensor,
                             token: torch.Tensor) -> torch.Tensor:

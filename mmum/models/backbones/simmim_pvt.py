@@ -1,15 +1,13 @@
 from typing import Optional
 
 import torch
-import torch.nn as nn
-from mmengine.model.weight_init import trunc_normal_
 
 from mmum.registry import MODELS
-from .pvt import PVT, replace_with_mask_token
+from .pvt import PVT, SimMIMMaskToken, replace_with_mask_token
 
 
 @MODELS.register_module()
-class SimMIMPVT(PVT):
+class SimMIMPVT(SimMIMMaskToken, PVT):
     """PVT encoder for SimMIM: the whole image goes in and masked patches
     become a learnable ``mask_token`` after the patch embedding (paper
     Fig. 1c), with the fine-tuning reduction ratios. The SimMIM baseline of
@@ -19,16 +17,6 @@ class SimMIMPVT(PVT):
     on any grid that tiles the stride-4 tokens (mmpretrain's
     ``SimMIMMaskGenerator`` gives ``model_patch_size=4``, i.e. s = 4).
     """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims[0]))
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        if not (isinstance(self.init_cfg, dict)
-                and self.init_cfg.get('type') == 'Pretrained'):
-            trunc_normal_(self.mask_token, std=.02)
 
     def forward(self, x: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> tuple:

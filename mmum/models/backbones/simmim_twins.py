@@ -1,16 +1,14 @@
 from typing import Optional
 
 import torch
-import torch.nn as nn
-from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models import SVT
 
 from mmum.registry import MODELS
-from .pvt import replace_with_mask_token
+from .pvt import SimMIMMaskToken, replace_with_mask_token
 
 
 @MODELS.register_module()
-class SimMIMSVT(SVT):
+class SimMIMSVT(SimMIMMaskToken, SVT):
     """Twins-SVT encoder for SimMIM, the baseline of GreenMIM's Twins-L
     (Huang et al. 2022, App. A.1): the whole image goes in and masked
     stride-4 tokens become a learnable ``mask_token`` after the first patch
@@ -22,16 +20,6 @@ class SimMIMSVT(SVT):
     ``SimMIMMaskGenerator`` with ``model_patch_size=4``). Returns SVT's
     dense maps (B, C_i, H_i, W_i) per ``out_indices``.
     """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims[0]))
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        if not (isinstance(self.init_cfg, dict)
-                and self.init_cfg.get('type') == 'Pretrained'):
-            trunc_normal_(self.mask_token, std=.02)
 
     def forward(self, x: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> tuple:
