@@ -285,6 +285,85 @@ def test_block_at_matches_the_block():
     torch.testing.assert_close(block_at(blk, x, index), want)
 
 
+def test_block_shared_rows_matches_the_block():
+    """``block_shared_rows`` (the shared rows' LayerNorm and qkv once per
+    batch) == the mmpretrain block on the assembled input: values and the
+    gradients of the tokens, the shared rows and every weight; with layer
+    scale, no qkv bias and a value shortcut."""
+    from mmpretrain.models.backbones.vision_transformer import \
+        TransformerEncoderLayer
+
+    from mmum.models.layers import block_shared_rows
+    torch.manual_seed(0)
+    B, L, N, D = 3, 20, 6, 64
+    rows = torch.stack([torch.randperm(L)[:N] for _ in range(B)])
+    for kw in (dict(), dict(layer_scale_init_value=0.1, qkv_bias=False),
+               dict(v_shortcut=True)):
+        v_shortcut = kw.pop('v_shortcut', False)
+        blk = TransformerEncoderLayer(D, 4 if not v_shortcut else 1, 128,
+                                      **kw)
+        blk.attn.v_shortcut = v_shortcut
+        outs = []
+        for shared_rows in (True, False):
+            torch.manual_seed(1)
+            x = torch.randn(B, N, D, requires_grad=True)
+            shared = torch.randn(L, D, requires_grad=True)
+            if shared_rows:
+                y = block_shared_rows(blk, x, rows, shared)
+            else:
+                full = shared.expand(B, L, D).scatter(
+                    1, rows.unsqueeze(-1).expand(-1, -1, D), x)
+                y = blk(full)
+            blk.zero_grad()
+            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+            outs.append([y, x.grad, shared.grad] +
+                        [p.grad.clone() for p in blk.parameters()])
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_equals_mask_tokens_through_the_blocks():
+    """The decoder (first block with shared rows, last block only at the
+    targets) == the plain MAE way: mask tokens scattered among the visible
+    tokens, positions added, every block on every token, then the targets
+    read; values and the gradients of every decoder parameter (in float64:
+    the sums run in a different order)."""
+    torch.manual_seed(0)
+    cfg = copy.deepcopy(CFG.model.neck)
+    cfg.update(type='mmum.UMMAEEmbedFirstDecoder', embed_dim=64,
+               decoder_embed_dim=32, decoder_num_heads=4, mlp_ratio=2)
+    neck = MODELS.build(cfg)
+    neck.init_weights()
+    neck.double()
+    B, L, N, D = 2, neck.num_patches, neck.num_patches // 4, 32
+    visible = torch.stack([torch.randperm(L)[:N] for _ in range(B)])
+    target = torch.stack([torch.randperm(L)[:L // 2] for _ in range(B)])
+    x = torch.randn(B, N, D, dtype=torch.float64)
+
+    def reference(x):
+        full = neck.mask_token.expand(B, L, D).scatter(
+            1, visible.unsqueeze(-1).expand(-1, -1, D), x)
+        y = full + neck.decoder_pos_embed[:, 1:]
+        for blk in neck.decoder_blocks:
+            y = blk(y)
+        y = y.gather(1, target.unsqueeze(-1).expand(-1, -1, D))
+        return neck.decoder_pred(neck.decoder_norm(y))
+
+    outs = []
+    for fn in (lambda x: neck.decode(x, visible, target), reference):
+        neck.zero_grad()
+        y = fn(x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y, {n: p.grad.clone() for n, p in neck.named_parameters()
+                         if p.grad is not None}))
+    (y, g), (y_ref, g_ref) = outs
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    assert g.keys() == g_ref.keys() and 'mask_token' in g
+    for n in g_ref:
+        torch.testing.assert_close(g[n], g_ref[n], rtol=1e-10, atol=1e-12,
+                                   msg=lambda m: f'{n}: {m}')
+
+
 def test_step_reads_no_device_data():
     """No host-device sync in the training step: with the model and images
     on the ``meta`` device (tensors without data, so any ``.item()``,

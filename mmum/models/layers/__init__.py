@@ -6,8 +6,8 @@ from .group_window_attention import GroupWindowAttention  # noqa: E402
 __all__ += ['GroupWindowAttention']
 from .conv_patch_merging import ConvPatchMerging  # noqa: E402
 __all__ += ['ConvPatchMerging']
-from .query_subset import block_at, blocks_at  # noqa: E402
-__all__ += ['block_at', 'blocks_at']
+from .query_subset import block_at, block_shared_rows, blocks_at  # noqa: E402,E501
+__all__ += ['block_at', 'block_shared_rows', 'blocks_at']
 from .released_init import init_as_released  # noqa: E402
 __all__ += ['init_as_released']
 from .sparse_conv import (build_neighbour_index, build_strided_index,  # noqa

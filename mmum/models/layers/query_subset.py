@@ -6,6 +6,11 @@ values) but only on its own query, residual and MLP, so those can be computed
 for the loss tokens alone: same loss, same gradients, less work. With UM-MAE's
 75% drop this skips a quarter of the last block's queries, attention output,
 projection and MLP, and of the prediction layer.
+
+The same reasoning runs the other way in the *first* block: the input of a
+dropped patch is the mask token plus its position, the same in every image,
+so its LayerNorm and qkv projection are computed once per position for the
+whole batch (:func:`block_shared_rows`).
 """
 from typing import Optional
 
@@ -44,6 +49,44 @@ def block_at(block: TransformerEncoderLayer, x: torch.Tensor,
     y = attn.proj(y.transpose(1, 2).reshape(B, M, E))
     y = x.gather(1, idx) + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
     return block.ffn(block.ln2(y), identity=y)  # B, M, D
+
+
+def block_shared_rows(block: TransformerEncoderLayer, x: torch.Tensor,
+                      rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """``block(full)`` where ``full`` is ``shared`` in every image with the
+    tokens ``x`` put at ``rows``, computing the shared rows' LayerNorm and
+    qkv projection once for the batch instead of once per image.
+
+    Same values as the block on the assembled input (to float rounding) and
+    the same gradients; at UM-MAE's 75% drop and batch ``B`` the first
+    block's qkv runs on ``B * L / 4 + L`` rows instead of ``B * L``.
+
+    Args:
+        block: mmpretrain ``TransformerEncoderLayer`` (MAE decoder block).
+        x (Tensor): (B, N, D) the tokens that differ per image.
+        rows (Tensor): (B, N) long, their places among the ``L`` tokens;
+            distinct within an image.
+        shared (Tensor): (L, D) every other token, the same in all images.
+    Returns:
+        Tensor: (B, L, D).
+    """
+    B, N, D = x.shape
+    L, attn = shared.shape[0], block.attn
+    idx = rows.unsqueeze(-1).expand(-1, -1, D)
+    full = shared.expand(B, L, D).scatter(1, idx, x)  # B, L, D
+    if getattr(attn, 'v_shortcut', False):  # output mixes in all values
+        return block(full)
+    H, E = attn.num_heads, attn.embed_dims
+    qkv = attn.qkv(block.ln1(torch.cat([shared, x.reshape(B * N, D)])))
+    qkv = qkv[:L].expand(B, L, 3 * E).scatter(
+        1, rows.unsqueeze(-1).expand(-1, -1, 3 * E),
+        qkv[L:].view(B, N, 3 * E))  # B, L, 3E
+    q, k, v = qkv.view(B, L, 3, H, -1).permute(2, 0, 3, 1, 4)  # B, H, L, E/H
+    drop = attn.attn_drop if attn.training else 0.
+    y = attn.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+    y = attn.proj(y.transpose(1, 2).reshape(B, L, E))
+    y = full + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
+    return block.ffn(block.ln2(y), identity=y)  # B, L, D
 
 
 def blocks_at(blocks, x: torch.Tensor,

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from mmpretrain.models.necks import MAEPretrainDecoder
 
 from mmum.models.grid import sincos_positions
-from mmum.models.layers import blocks_at
+from mmum.models.layers import block_shared_rows, blocks_at
 from mmum.registry import MODELS
 
 
@@ -60,9 +60,13 @@ class UMMAEPretrainDecoder(MAEPretrainDecoder):
         x: (B, N, D) one token per visible patch, in ``visible_index`` order.
         With ``target_index`` the last block runs only the queries of those
         patches (:func:`~mmum.models.layers.block_at`): exactly the same
-        predictions there. ``grid``: the full patch grid (h, w), default the
-        square grid of ``num_patches``; the fixed sin-cos positions are
-        computed for any other grid, so the decoder runs at any image size.
+        predictions there. The first block computes the dropped patches'
+        LayerNorm and qkv once per batch
+        (:func:`~mmum.models.layers.block_shared_rows`), as their input (mask
+        token + position) is the same in every image. ``grid``: the full
+        patch grid (h, w), default the square grid of ``num_patches``; the
+        fixed sin-cos positions are computed for any other grid, so the
+        decoder runs at any image size.
         """
         side = int(self.num_patches**.5)
         grid = tuple(grid or (side, side))
@@ -71,12 +75,14 @@ class UMMAEPretrainDecoder(MAEPretrainDecoder):
                 f'the encoder gives {x.shape[1]} units after PixelShuffle x'
                 f'{self.upscale_factor} but the mask has '
                 f'{visible_index.shape[1]} visible patches')
-        B, N, D = x.shape
-        full = self.mask_token.to(x.dtype).expand(B, grid[0] * grid[1], D)
-        full = full.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, D),
-                            x)  # B, L, D
-        pos = self.decoder_pos_embed[:, 1:] if grid == (side, side) and \
-            side * side == self.num_patches else sincos_positions(grid, D)
-        x = full + pos.to(full)  # no class token
-        x = blocks_at(self.decoder_blocks, x, target_index)  # B, L or M, D
+        pos = (self.decoder_pos_embed[0, 1:] if grid == (side, side) and
+               side * side == self.num_patches else sincos_positions(
+                   grid, x.shape[-1])[0]).to(x)  # L, D; no class token
+        # a dropped patch's input, the same in every image: the first block
+        # computes its LayerNorm and qkv once per batch
+        shared = self.mask_token.to(x.dtype)[0] + pos  # L, D
+        first, *rest = self.decoder_blocks
+        x = block_shared_rows(first, x + pos[visible_index], visible_index,
+                              shared)  # B, L, D
+        x = blocks_at(rest, x, target_index)  # B, L or M, D
         return self.decoder_pred(self.decoder_norm(x))  # B, L or M, p*p*3
