@@ -35,29 +35,34 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     With a ``paramwise_cfg`` (``norm_decay_mult``, ``bias_decay_mult``,
     ``custom_keys``, ...) the default constructor gives every parameter its
     own group (230 for UM-MAE Swin-T, 365 for GreenMIM Twins-L), and torch's
-    AdamW (foreach or fused) loops over the groups in Python, launching its
-    kernels once per parameter. This constructor computes exactly the same
-    per-parameter options (it runs the default ``add_params``) and then
-    merges the groups whose options are all equal (:func:`merge_param_groups`:
-    2-3 groups in the UM-MAE / GreenMIM / SimMIM recipes: decayed, not
-    decayed, and the ``custom_keys`` ones that also carry ``decay_mult``). The update of every
-    parameter is bit-identical, schedulers set the same lr / weight decay on
-    every parameter; only the grouping differs. Measured on one CPU thread,
-    fused AdamW step: UM-MAE Swin-T 75.0 -> 58.7 ms, SimMIM Swin-T 58.4 ->
-    47.0 ms, GreenMIM Twins-L 198 -> 159 ms (``.notes/bench.md``).
+    AdamW (single-tensor, foreach or fused) loops over the groups in Python
+    and launches its kernels once per group. This constructor computes the
+    same per-parameter options (it runs the default ``add_params``) and then
+    merges the groups whose options are all equal
+    (:func:`merge_param_groups`): 2-3 groups in the UM-MAE / GreenMIM /
+    SimMIM recipes (decayed; not decayed; ``custom_keys`` ones, which also
+    carry ``decay_mult``). Every parameter's update is bit-identical and
+    schedulers set the same lr / weight decay on it; only the grouping
+    differs. Optimizer step, one CPU thread, fused AdamW (``.notes/bench.md``,
+    2026-11-30): UM-MAE Swin-T 63.9 -> 50.4 ms, SimMIM Swin-T 53.1 -> 42.5,
+    GreenMIM Twins-L 176 -> 142, SimMIM Twins-L 165 -> 136; single-tensor
+    AdamW (the configs' default on CPU) gains 3-9 %.
 
     Not for:
 
     - per-layer schedules: :class:`mmum.FreezeOutLR` needs the ``layer_id``
-      groups of mmpretrain's ``LearningRateDecayOptimWrapperConstructor``
-      (and raises a ``ValueError`` saying so on these groups);
+      groups of mmpretrain's ``LearningRateDecayOptimWrapperConstructor``,
+      and raises a ``ValueError`` saying so on these groups.
     - layer-wise lr decay: that is mmpretrain's constructor, which already
-      makes one group per (layer, decay) pair; a ``layer_decay_rate`` here
-      raises a ``ValueError`` rather than being silently ignored.
+      makes one group per (layer, decay) pair (merging them would stay exact
+      and merge nothing: their lrs and ``layer_id`` differ). This one builds
+      the default's options, which have no layer decay, so a
+      ``layer_decay_rate`` raises a ``ValueError`` instead of being ignored.
     - resuming a checkpoint saved with another grouping: the optimizer state
       is indexed by group, so loading one saved with the default constructor
       (one group per parameter) raises a ``ValueError``; resume with the
-      constructor it was saved with, or start from its weights (``load_from``).
+      constructor it was saved with, or start from its weights
+      (``load_from``).
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg=None):
