@@ -17,7 +17,10 @@ Pairs (``--methods`` selects rows by name, see ``--list``):
   (``positions='compact'``), to show what the original positions cost;
 - GreenMIM vs SimMIM, Swin-B, 224 px, window 7 (``--swin-l`` adds Swin-L,
   window 14; ``--twins-l`` adds Twins-L (SVT-L), whose GreenMIM encoder also
-  runs its convolutions sparsely);
+  runs its convolutions sparsely); the SimMIM Swin-B/L rows are mmpretrain's
+  configs, given the optimizer constructor of mmum's pre-training configs
+  (``mmum.MergedGroupsOptimWrapperConstructor``: the same updates in one
+  param group per set of options) so both rows of a pair step alike;
 - LocalMIM ViT-B without freezing vs ViTFreeze (FreezeOut) at several
   points of its schedule (layers frozen and decoders pruned as they would
   be at that point).
@@ -254,6 +257,11 @@ def load_config(name: str, args) -> Config:
         model.neck.num_patches = (img // model.mask_unit)**2
     if family != 'ummae' and not _is_twins(bb):  # SVT takes any size
         bb.img_size = img
+    if spec['config'].startswith('mmpretrain::'):
+        # as mmum's pre-training configs (the GreenMIM side of the pair):
+        # the same updates, one param group per set of options
+        cfg.optim_wrapper.constructor = \
+            'mmum.MergedGroupsOptimWrapperConstructor'
     if 'window' in spec:  # SimMIM Swin-B/L from mmpretrain's 192-px recipe
         # a stage map smaller than the window is one window of the map's
         # size, as in GreenMIM's Swin and the official Swin/SimMIM code (the
