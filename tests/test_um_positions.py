@@ -4,6 +4,7 @@ original positions, and the original-size pipeline of paper Fig. 3 written
 out by hand as an independent sparse reference."""
 import math
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -289,12 +290,20 @@ def test_pvt_step_reads_no_device_data():
 
 
 def _decoder_input(neck, latent, index):
-    seen = []
-    handle = neck.decoder_blocks[0].register_forward_pre_hook(
-        lambda m, args: seen.append(args[0]))
-    with torch.no_grad():
+    """What enters the first decoder block (its input is assembled inside
+    ``block_shared_rows``), less the position embeddings: (B, L, D)."""
+    from mmum.models.necks import um_mae_decoder
+    seen, run = [], um_mae_decoder.block_shared_rows
+
+    def recording(block, x, rows, shared):
+        B, N, D = x.shape
+        seen.append(shared.expand(B, -1, D).scatter(
+            1, rows.unsqueeze(-1).expand(-1, -1, D), x))
+        return run(block, x, rows, shared)
+
+    with mock.patch.object(um_mae_decoder, 'block_shared_rows', recording), \
+            torch.no_grad():
         neck(latent, index)
-    handle.remove()
     return seen[0] - neck.decoder_pos_embed[:, 1:]  # B, L, D
 
 
