@@ -322,7 +322,8 @@ def test_block_shared_rows_matches_the_block():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_decoder_equals_mask_tokens_through_the_blocks():
+@pytest.mark.parametrize('depth', [0, 1, 2])
+def test_decoder_equals_mask_tokens_through_the_blocks(depth):
     """The decoder (first block with shared rows, last block only at the
     targets) == the plain MAE way: mask tokens scattered among the visible
     tokens, positions added, every block on every token, then the targets
@@ -331,7 +332,8 @@ def test_decoder_equals_mask_tokens_through_the_blocks():
     torch.manual_seed(0)
     cfg = copy.deepcopy(CFG.model.neck)
     cfg.update(type='mmum.UMMAEEmbedFirstDecoder', embed_dim=64,
-               decoder_embed_dim=32, decoder_num_heads=4, mlp_ratio=2)
+               decoder_embed_dim=32, decoder_num_heads=4, mlp_ratio=2,
+               decoder_depth=depth)
     neck = MODELS.build(cfg)
     neck.init_weights()
     neck.double()
@@ -359,6 +361,7 @@ def test_decoder_equals_mask_tokens_through_the_blocks():
     (y, g), (y_ref, g_ref) = outs
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     assert g.keys() == g_ref.keys() and 'mask_token' in g
+    assert len(g) == 5 + 12 * depth  # all but decoder_embed (before decode)
     for n in g_ref:
         torch.testing.assert_close(g[n], g_ref[n], rtol=1e-10, atol=1e-12,
                                    msg=lambda m: f'{n}: {m}')

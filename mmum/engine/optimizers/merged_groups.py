@@ -1,6 +1,7 @@
 """One optimizer param group per set of equal options (exact, faster)."""
 from typing import List
 
+from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import nn
 
@@ -78,7 +79,12 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                    prefix: str = '', **kwargs) -> None:
         super().add_params(params, module, prefix, **kwargs)
         if not prefix:  # the outermost call: every parameter is in `params`
+            n = len(params)
             params[:] = merge_param_groups(params)
+            MMLogger.get_current_instance().info(
+                f'MergedGroupsOptimWrapperConstructor: {n} per-parameter '
+                f'groups merged into {len(params)} (one per set of equal '
+                'options)')
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)
@@ -102,5 +108,7 @@ def _check_same_grouping(optimizer, state_dict: dict) -> None:
             'per set of equal options). The checkpoint was saved with '
             'another grouping (mmengine\'s default constructor makes one '
             'group per parameter): resume with the constructor it was saved '
-            'with (optim_wrapper.constructor), or load only its weights '
-            '(`load_from` without `resume`) and restart the optimizer state.')
+            "with, e.g. --cfg-options optim_wrapper.constructor="
+            "DefaultOptimWrapperConstructor for one saved with one group "
+            'per parameter, or load only its weights (`load_from` without '
+            '`resume`) and restart the optimizer state.')

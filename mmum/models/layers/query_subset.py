@@ -51,8 +51,9 @@ def block_at(block: TransformerEncoderLayer, x: torch.Tensor,
     return block.ffn(block.ln2(y), identity=y)  # B, M, D
 
 
-def block_shared_rows(block: TransformerEncoderLayer, x: torch.Tensor,
-                      rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+def block_shared_rows(block: Optional[TransformerEncoderLayer],
+                      x: torch.Tensor, rows: torch.Tensor,
+                      shared: torch.Tensor) -> torch.Tensor:
     """``block(full)`` where ``full`` is ``shared`` in every image with the
     tokens ``x`` put at ``rows``, computing the shared rows' LayerNorm and
     qkv projection once for the batch instead of once per image.
@@ -62,7 +63,8 @@ def block_shared_rows(block: TransformerEncoderLayer, x: torch.Tensor,
     block's qkv runs on ``B * L / 4 + L`` rows instead of ``B * L``.
 
     Args:
-        block: mmpretrain ``TransformerEncoderLayer`` (MAE decoder block).
+        block: mmpretrain ``TransformerEncoderLayer`` (MAE decoder block),
+            or None: then the assembled input is returned.
         x (Tensor): (B, N, D) the tokens that differ per image.
         rows (Tensor): (B, N) long, their places among the ``L`` tokens;
             distinct within an image.
@@ -71,9 +73,11 @@ def block_shared_rows(block: TransformerEncoderLayer, x: torch.Tensor,
         Tensor: (B, L, D).
     """
     B, N, D = x.shape
-    L, attn = shared.shape[0], block.attn
+    L, attn = shared.shape[0], getattr(block, 'attn', None)
     idx = rows.unsqueeze(-1).expand(-1, -1, D)
     full = shared.expand(B, L, D).scatter(1, idx, x)  # B, L, D
+    if block is None:
+        return full
     if getattr(attn, 'v_shortcut', False):  # output mixes in all values
         return block(full)
     H, E = attn.num_heads, attn.embed_dims

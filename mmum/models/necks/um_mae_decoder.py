@@ -81,7 +81,7 @@ class UMMAEPretrainDecoder(MAEPretrainDecoder):
         # a dropped patch's input, the same in every image: the first block
         # computes its LayerNorm and qkv once per batch
         shared = self.mask_token.to(x.dtype)[0] + pos  # L, D
-        first, *rest = self.decoder_blocks
+        first, *rest = list(self.decoder_blocks) or [None]
         x = block_shared_rows(first, x + pos[visible_index], visible_index,
                               shared)  # B, L, D
         x = blocks_at(rest, x, target_index)  # B, L or M, D
