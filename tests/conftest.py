@@ -23,3 +23,14 @@ def _scope_guard():
 _restore_default_scope = pytest.fixture(autouse=True)(_scope_guard)
 _restore_default_scope_module = pytest.fixture(
     autouse=True, scope='module')(_scope_guard)
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One torch thread for a module whose tests compare timings or need
+    reproducible CPU reductions (``pytestmark = usefixtures('one_thread')``)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

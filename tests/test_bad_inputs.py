@@ -24,12 +24,7 @@ from mmum.engine.hooks import (DecoderPruningHook, NaNGuardHook,
 from mmum.engine.schedulers.freezeout import FreezeOutLR
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ---------------------------------------------------------------- helpers

@@ -37,12 +37,7 @@ TWINS_ARCH = dict(embed_dims=[8, 16, 32, 64], depths=[2, 2, 2, 2],
                   sr_ratios=[8, 4, 2, 1], window_sizes=[4, 4, 4, 4])
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class LogCapture:

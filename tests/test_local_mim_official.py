@@ -32,12 +32,7 @@ def load_tool(path):
 tool = load_tool('tools/model_converters/local_mim_official_to_mmum.py')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 SCALES = (4., 2., 1., .5)

@@ -21,12 +21,7 @@ PARAMWISE = dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
                               'cpb': dict(decay_mult=0.)})
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class Toy(nn.Module):
