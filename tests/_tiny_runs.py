@@ -102,3 +102,16 @@ def drop_new_default_scopes(before):
     from mmengine.registry import DefaultScope
     for name in set(DefaultScope._instance_dict) - before:
         del DefaultScope._instance_dict[name]
+
+
+def fit(opt, loss_fn, steps: int) -> list:
+    """``steps`` optimizer steps on ``loss_fn()`` (a scalar loss); returns
+    the losses (the overfit-one-batch tests)."""
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

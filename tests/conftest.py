@@ -27,8 +27,10 @@ _restore_default_scope_module = pytest.fixture(
 
 @pytest.fixture(scope='module')
 def one_thread():
-    """One torch thread for a module whose tests compare timings or need
-    reproducible CPU reductions (``pytestmark = usefixtures('one_thread')``)."""
+    """One torch thread for a module of tiny-model tests (use with
+    ``pytestmark = pytest.mark.usefixtures('one_thread')``): op latency
+    dominates there, and OpenMP spinning on a shared 2-core machine makes
+    them several times slower with more than one thread."""
     import torch
     n = torch.get_num_threads()
     torch.set_num_threads(1)

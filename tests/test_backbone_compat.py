@@ -62,12 +62,7 @@ HIER = [*SWINS, *PVTS]  # four-stage pyramids
 ALL = [*HIER, 'LocalMIMViT', 'GreenTwins']
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def ev(model):

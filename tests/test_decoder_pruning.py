@@ -17,14 +17,7 @@ from mmum.engine.schedulers.freezeout import FreezeOutLR
 from test_local_mim import TINY_ARCH, tiny_local_mim  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models: op latency dominates, and OpenMP spinning on a shared
-    2-core machine makes them ~10x slower with more than one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 

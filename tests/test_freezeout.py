@@ -12,14 +12,7 @@ from mmum.engine.schedulers.freezeout import FreezeOutLR, freeze_times
 from mmum.registry import PARAM_SCHEDULERS
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models: op latency dominates, and OpenMP spinning on a shared
-    2-core machine makes them ~10x slower with more than one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class Toy(nn.Module):

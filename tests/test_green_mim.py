@@ -13,6 +13,7 @@ import mmum  # noqa: F401
 from mmum.models.selfsup import green_mim
 from mmum.models.selfsup.green_mim import GreenMIMDecoder
 from mmum.registry import MODELS
+from _tiny_runs import fit
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CFG_B = osp.join(ROOT, 'configs', 'green_mim', 'swin_b_800e.py')
@@ -34,13 +35,7 @@ def _tiny_model(arch=TINY, decoder_dims=64, **kw):
     return model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _samples(n):
@@ -140,14 +135,12 @@ def test_overfit_one_batch_and_load_into_mmpretrain_swin(tmp_path):
     model = _tiny_model(arch=NANO, decoder_dims=32)
     imgs = F.interpolate(torch.randn(2, 3, 8, 8), size=128, mode='bilinear')
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    losses = []
-    for _ in range(60):
-        torch.manual_seed(1)  # one batch: same images, same mask
-        loss = model.loss(imgs, _samples(2))['loss']
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+
+    def one_batch():  # same images, same mask
+        torch.manual_seed(1)
+        return model.loss(imgs, _samples(2))['loss']
+
+    losses = fit(opt, one_batch, 60)
     assert sum(losses[-5:]) / 5 < 0.35 * sum(losses[:5]) / 5, losses
 
     path = str(tmp_path / 'greenmim.pth')

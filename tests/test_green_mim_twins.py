@@ -16,6 +16,7 @@ from mmpretrain.structures import DataSample
 
 import mmum  # noqa: F401
 from mmum.registry import MODELS
+from _tiny_runs import fit
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CFG = osp.join(ROOT, 'configs', 'green_mim', 'twins_l_800e.py')
@@ -29,12 +30,7 @@ TINY = dict(embed_dims=[8, 16, 32, 64], depths=[2, 2, 2, 2],
             sr_ratios=[8, 4, 2, 1], window_sizes=[4, 4, 4, 4])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _tiny_model():
@@ -113,14 +109,12 @@ def test_overfit_one_batch_and_load_into_svt_and_mmdet(tmp_path):
     model = _tiny_model()
     imgs = F.interpolate(torch.randn(2, 3, 8, 8), size=128, mode='bilinear')
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    losses = []
-    for _ in range(60):
-        torch.manual_seed(1)  # one batch: same images, same mask
-        loss = model.loss(imgs, _samples(2))['loss']
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+
+    def one_batch():  # same images, same mask
+        torch.manual_seed(1)
+        return model.loss(imgs, _samples(2))['loss']
+
+    losses = fit(opt, one_batch, 60)
     assert sum(losses[-5:]) / 5 < 0.35 * sum(losses[:5]) / 5, losses
 
     path = str(tmp_path / 'greenmim_twins.pth')

@@ -16,12 +16,7 @@ TINY = dict(embed_dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
             sr_ratios=[8, 4, 2, 1], window_sizes=[7, 7, 7, 7])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @functools.lru_cache()

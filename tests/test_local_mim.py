@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -10,14 +8,7 @@ from mmum.models.necks.local_mim_decoder import LocalMIMDecoder
 from mmum.registry import MODELS
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models: op latency dominates, and OpenMP spinning on a shared
-    2-core machine makes them ~10x slower with more than one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 TINY_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2,

@@ -2,7 +2,6 @@
 zero-filled map read at the active sites (values and gradients)."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mmum.models.layers.sparse_conv import (build_neighbour_index,
                                             build_strided_index,
@@ -10,12 +9,7 @@ from mmum.models.layers.sparse_conv import (build_neighbour_index,
                                             submanifold_dwconv3x3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _random_sites(H, W, ratio, seed, unit=1):

@@ -10,6 +10,7 @@ import mmum  # noqa: F401
 from mmum.datasets.transforms import UniformMasking
 from mmum.models.selfsup.um_mae import visible_index
 from mmum.registry import MODELS
+from _tiny_runs import fit
 
 CFG = Config.fromfile('configs/um_mae/swin_t_200e.py')
 TINY = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
@@ -134,13 +135,7 @@ def test_overfits_one_batch():
     # 1e-3: the released (Xavier) initialisation starts larger than 0.02
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95),
                             weight_decay=0)
-    losses = []
-    for _ in range(100):
-        loss = model.loss(x, samples)['loss']
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(opt, lambda: model.loss(x, samples)['loss'], 100)
     assert min(losses[-5:]) * 5 <= losses[0], losses
 
 

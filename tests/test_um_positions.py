@@ -9,7 +9,6 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import mmum  # noqa: F401
 from mmum.datasets.transforms import UniformMasking

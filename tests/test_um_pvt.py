@@ -15,6 +15,7 @@ from mmum.datasets.transforms import UniformMasking
 from mmum.models.backbones import PVT, UMPVT
 from mmum.models.selfsup.um_mae import UMMAE, visible_index
 from mmum.registry import MODELS
+from _tiny_runs import fit
 
 TINY = dict(embed_dims=[32, 32, 64, 64], depths=[2, 1, 2, 1],
             num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
@@ -187,13 +188,7 @@ def test_pretraining_step_decreases_loss():
         ds.set_field(s, 'secondary_mask')
         samples.append(ds)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(30):
-        loss = model.loss(x, samples)['loss']
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(opt, lambda: model.loss(x, samples)['loss'], 30)
     assert losses[-1] < 0.8 * losses[0], losses
     assert model.backbone.mask_token.grad.abs().sum() > 0
 

@@ -714,16 +714,23 @@ CP_COLUMNS = [  # header, key, format
 ]
 
 
+def markdown_table(header: List[str], body: List[List[str]]) -> List[str]:
+    """The lines of a Markdown table, columns padded to their widest cell."""
+    widths = [max(len(x[i]) for x in [header] + body)
+              for i in range(len(header))]
+
+    def line(xs):
+        return '| ' + ' | '.join(x.ljust(w) for x, w in zip(xs, widths)) + ' |'
+
+    return [line(header), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'
+            ] + [line(b) for b in body]
+
+
 def format_cp_table(results: List[dict], args) -> str:
     header = [c[0] for c in CP_COLUMNS]
     body = [[fmt.format(r[key]) for _, key, fmt in CP_COLUMNS]
             for r in results]
-    widths = [max(len(x[i]) for x in [header] + body)
-              for i in range(len(header))]
-    line = lambda xs: '| ' + ' | '.join(  # noqa: E731
-        x.ljust(w) for x, w in zip(xs, widths)) + ' |'
-    lines = [line(header), '|' + '|'.join('-' * (w + 2) for w in widths) +
-             '|'] + [line(b) for b in body]
+    lines = markdown_table(header, body)
     dev = (torch.cuda.get_device_name(args.device)
            if args.device.startswith('cuda') else cpu_name())
     notes = [
@@ -813,12 +820,7 @@ def format_table(results: List[dict], args) -> str:
             r['method'] = f"{r['method']} ({r['frozen']})"
     header = [c[0] for c in COLUMNS]
     body = [[cell(r, key, fmt) for _, key, fmt in COLUMNS] for r in results]
-    widths = [max(len(x[i]) for x in [header] + body)
-              for i in range(len(header))]
-    line = lambda xs: '| ' + ' | '.join(  # noqa: E731
-        x.ljust(w) for x, w in zip(xs, widths)) + ' |'
-    lines = [line(header), '|' + '|'.join('-' * (w + 2) for w in widths) +
-             '|'] + [line(b) for b in body]
+    lines = markdown_table(header, body)
     if args.device.startswith('cuda'):
         dev = torch.cuda.get_device_name(args.device)
         mem = ('peak MiB: torch.cuda.max_memory_allocated during a timed '

@@ -69,18 +69,11 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from mmum.utils.released import (TIMM_SWIN_BLOCK, TIMM_VIT_BLOCK,
+                                 load_released)
+
 LN_EPS = 1e-6  # every LayerNorm of the released models
 DECODER_HEADS = 16  # released decoders (not stored in the weights)
-BLOCK = {
-    'norm1': 'norm1', 'norm2': 'norm2', 'attn.qkv': 'attn.w_msa.qkv',
-    'attn.proj': 'attn.w_msa.proj', 'mlp.fc1': 'ffn.layers.0.0',
-    'mlp.fc2': 'ffn.layers.1'
-}
-DECODER_BLOCK = {
-    'norm1': 'ln1', 'norm2': 'ln2', 'attn.qkv': 'attn.qkv',
-    'attn.proj': 'attn.proj', 'mlp.fc1': 'ffn.layers.0.0',
-    'mlp.fc2': 'ffn.layers.1'
-}
 DECODER = {
     'decoder_embed': 'decoder_embed', 'decoder_norm': 'ln1',
     'decoder_pred': 'decoder_pred', 'mask_token': 'mask_token'
@@ -180,7 +173,7 @@ def convert_encoder(sd: Dict[str, torch.Tensor], prefix: str,
     for s, depth in enumerate(arch['depths']):
         for b in range(depth):
             src, dst = f'layers.{s}.blocks.{b}', f'stages.{s}.blocks.{b}'
-            for old, new in BLOCK.items():
+            for old, new in TIMM_SWIN_BLOCK.items():
                 for p in ('weight', 'bias'):
                     out[f'{dst}.{new}.{p}'] = take(f'{src}.{old}.{p}')
             table = take(f'{src}.attn.relative_position_bias_table')
@@ -259,7 +252,7 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     blocks = sorted({int(k.split('.')[1]) for k in sd
                      if re.match(r'decoder_blocks\.\d+\.', k)})
     for i in blocks:
-        for old, new in DECODER_BLOCK.items():
+        for old, new in TIMM_VIT_BLOCK.items():
             for p in ('weight', 'bias'):
                 out[f'neck.decoder_blocks.{i}.{new}.{p}'] = sd[
                     f'decoder_blocks.{i}.{old}.{p}']
@@ -287,14 +280,6 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     return out, settings
 
 
-def load_official(path: str) -> Dict[str, torch.Tensor]:
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    for key in ('model', 'state_dict'):
-        if isinstance(ckpt, dict) and key in ckpt:
-            return ckpt[key]
-    return ckpt
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('src', help='released GreenMIM checkpoint')
@@ -303,7 +288,7 @@ def main():
                         help='write an mmpretrain SwinTransformer state dict '
                         'instead of an mmum GreenMIM one')
     args = parser.parse_args()
-    sd = load_official(args.src)
+    sd, _ = load_released(args.src)
     if args.backbone_only:
         out, settings = official_to_swin(sd)
         target, load = ('mmpretrain SwinTransformer',

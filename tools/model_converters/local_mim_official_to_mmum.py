@@ -53,12 +53,8 @@ from typing import Dict, List, Tuple
 import torch
 
 from mmum.models.necks.local_mim_decoder import released_sincos
+from mmum.utils.released import TIMM_VIT_BLOCK, load_released
 
-BLOCK = {
-    'norm1': 'ln1', 'norm2': 'ln2', 'attn.qkv': 'attn.qkv',
-    'attn.proj': 'attn.proj', 'mlp.fc1': 'ffn.layers.0.0',
-    'mlp.fc2': 'ffn.layers.1'
-}
 # the released decoders of the 4 scales, by mmum index: grid -> target
 # upsampling, and which ``pred.{m}`` entries hold parameters
 SCALES = (4., 2., 1., .5)
@@ -112,7 +108,7 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
                      ('patch_embed.proj', 'backbone.patch_embed.projection')]:
         used.update(_sub(sd, old, new, out))
     for i in blocks:
-        for old, new in BLOCK.items():
+        for old, new in TIMM_VIT_BLOCK.items():
             used.update(_sub(sd, f'blocks.{i}.{old}',
                              f'backbone.layers.{i}.{new}', out))
 
@@ -140,7 +136,7 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
         used.update(_sub(sd, f'norm.{j}', f'{dst}.norm_in', out))
         for name in ('embed', 'mask_token', 'norm'):
             used.update(_sub(sd, f'{src}.{name}', f'{dst}.{name}', out))
-        for old, new in BLOCK.items():
+        for old, new in TIMM_VIT_BLOCK.items():
             used.update(_sub(sd, f'{src}.blocks.0.{old}',
                              f'{dst}.block.{new}', out))
         for m in head[:-1]:
@@ -188,23 +184,12 @@ def mmum_settings(info: dict) -> dict:
                   embed_dims=info['decoder_dims'], num_heads=8))
 
 
-def load_official(path: str) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """(state dict, the checkpoint's other entries but the optimizer)."""
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    for key in ('model', 'state_dict'):
-        if isinstance(ckpt, dict) and key in ckpt:
-            extra = {k: v for k, v in ckpt.items()
-                     if k in ('epoch', 'args')}
-            return ckpt[key], extra
-    return ckpt, {}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('src', help='released LocalMIM / ViTFreeze checkpoint')
     parser.add_argument('dst', help='mmum checkpoint to write')
     args = parser.parse_args(argv)
-    sd, extra = load_official(args.src)
+    sd, extra = load_released(args.src)
     out, info = official_to_mmum(sd)
     meta = dict(source=args.src, converted_from='local_mim_official',
                 pruned_decoders=info['pruned_decoders'])

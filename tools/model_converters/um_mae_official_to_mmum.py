@@ -84,20 +84,13 @@ from typing import Dict, Tuple
 
 import torch
 
-SWIN_BLOCK = {
-    'norm1': 'norm1', 'norm2': 'norm2', 'attn.qkv': 'attn.w_msa.qkv',
-    'attn.proj': 'attn.w_msa.proj', 'mlp.fc1': 'ffn.layers.0.0',
-    'mlp.fc2': 'ffn.layers.1'
-}
+from mmum.utils.released import (TIMM_SWIN_BLOCK, TIMM_VIT_BLOCK,
+                                 load_released)
+
 PVT_BLOCK = {
     'norm1': 'norm1', 'norm2': 'norm2', 'attn.q': 'attn.q',
     'attn.kv': 'attn.kv', 'attn.proj': 'attn.proj', 'attn.sr': 'attn.sr',
     'attn.norm': 'attn.norm', 'mlp.fc1': 'mlp.0', 'mlp.fc2': 'mlp.2'
-}
-DECODER_BLOCK = {
-    'norm1': 'ln1', 'norm2': 'ln2', 'attn.qkv': 'attn.qkv',
-    'attn.proj': 'attn.proj', 'mlp.fc1': 'ffn.layers.0.0',
-    'mlp.fc2': 'ffn.layers.1'
 }
 DECODER = {
     'decoder_embed': 'decoder_embed', 'decoder_norm': 'ln1',
@@ -149,7 +142,7 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
                          f'{blocks}')
     starts = {k for k in blocks if f'blocks.{k}.downsample.proj.weight' in sd}
     where = block_stages(len(blocks), starts)
-    table = SWIN_BLOCK if arch == 'swin' else PVT_BLOCK
+    table = TIMM_SWIN_BLOCK if arch == 'swin' else PVT_BLOCK
     for k, (s, b) in enumerate(where):
         src, dst = f'blocks.{k}', f'backbone.stages.{s}.blocks.{b}'
         for old, new in table.items():
@@ -187,7 +180,7 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     used.update(_sub(sd, 'mask_token', 'neck.mask_token', out))
     for i in sorted({int(k.split('.')[1]) for k in sd
                      if k.startswith('decoder_blocks.')}):
-        for old, new in DECODER_BLOCK.items():
+        for old, new in TIMM_VIT_BLOCK.items():
             used.update(_sub(sd, f'decoder_blocks.{i}.{old}',
                              f'neck.decoder_blocks.{i}.{new}', out))
     if 'decoder_pos_embed' in sd:
@@ -216,7 +209,7 @@ def mmum_to_official(sd: Dict[str, torch.Tensor],
             s, b = int(m.group(1)), int(m.group(2))
             depths += [0] * (s + 1 - len(depths))
             depths[s] = max(depths[s], b + 1)
-    table = SWIN_BLOCK if arch == 'swin' else PVT_BLOCK
+    table = TIMM_SWIN_BLOCK if arch == 'swin' else PVT_BLOCK
     k = 0
     for s, depth in enumerate(depths):
         for b in range(depth):
@@ -256,7 +249,7 @@ def mmum_to_official(sd: Dict[str, torch.Tensor],
     used.update(_sub(sd, 'neck.mask_token', 'mask_token', out))
     for i in sorted({int(k.split('.')[2]) for k in sd
                      if k.startswith('neck.decoder_blocks.')}):
-        for old, new in DECODER_BLOCK.items():
+        for old, new in TIMM_VIT_BLOCK.items():
             used.update(_sub(sd, f'neck.decoder_blocks.{i}.{new}',
                              f'decoder_blocks.{i}.{old}', out))
     if 'neck.decoder_pos_embed' in sd:
@@ -306,20 +299,12 @@ def released_config(sd: Dict[str, torch.Tensor], arch: str,
     return path, options
 
 
-def load_official(path: str) -> Dict[str, torch.Tensor]:
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    for key in ('model', 'state_dict'):
-        if isinstance(ckpt, dict) and key in ckpt:
-            return ckpt[key]
-    return ckpt
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('src', help='official UM-MAE checkpoint')
     parser.add_argument('dst', help='mmum checkpoint to write')
     args = parser.parse_args()
-    sd, arch = official_to_mmum(load_official(args.src))
+    sd, arch = official_to_mmum(load_released(args.src)[0])
     root = osp.join(osp.dirname(osp.abspath(__file__)), '..', '..')
     config, options = released_config(sd, arch, root)
     torch.save({'state_dict': sd,

@@ -37,9 +37,6 @@ class CPBSwinTransformer(SwinTransformer):
 
     def __init__(self, *args, cpb_hidden_dims: int = 256,
                  patch_merging: str = 'linear', **kwargs) -> None:
-        if patch_merging not in ('linear', 'conv'):
-            raise ValueError(f"patch_merging must be 'linear' or 'conv', got "
-                             f'{patch_merging!r}')
         super().__init__(*args, **kwargs)
         # init_cfg type='Pretrained': mmum's strict version (pretrained.py)
         self.init_cfg = use_strict_pretrained(self.init_cfg)
@@ -49,6 +46,9 @@ class CPBSwinTransformer(SwinTransformer):
         """Swap in the CPB attention of width ``cpb_hidden_dims`` and, for
         ``patch_merging='conv'``, :class:`ConvPatchMerging` (its LayerNorm
         keeps the eps of the stage's ``downsample_cfg``)."""
+        if patch_merging not in ('linear', 'conv'):
+            raise ValueError(f"patch_merging must be 'linear' or 'conv', got "
+                             f'{patch_merging!r}')
         if patch_merging == 'conv':
             for stage in self.stages:
                 if stage.downsample is not None and not isinstance(

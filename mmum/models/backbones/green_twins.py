@@ -34,7 +34,8 @@ from mmpretrain.models import SVT
 from mmpretrain.models.backbones.twins import LSAEncoderLayer
 
 from mmum.registry import MODELS
-from ..layers.group_window_attention import build_group_plan
+from ..layers.group_window_attention import (build_group_plan,
+                                              grouped_attention)
 from ..layers.sparse_conv import (build_neighbour_index, build_strided_index,
                                   sparse_strided_conv, submanifold_dwconv3x3)
 
@@ -56,21 +57,10 @@ def grouped_lsa(attn, x: torch.Tensor, plan) -> torch.Tensor:
     Returns:
         (B, N, C): each token attends to the visible tokens of its window.
     """
-    B, N, C = x.shape
-    G, gs, nh = plan.allowed.shape[0], plan.group_size, attn.num_heads
-    qkv = attn.qkv(x)  # B, N, 3C (padding costs only inside the attention)
-    qkv = torch.cat([qkv, qkv.new_zeros(B, 1, 3 * C)], 1)[:, plan.index]
-    # B, G*gs, 3C -> 3, B, G*nh, gs, C/nh (groups folded into the heads)
-    qkv = qkv.view(B, G, gs, 3, nh, C // nh).permute(3, 0, 1, 4, 2, 5)
-    q, k, v = qkv.reshape(3, B, G * nh, gs, C // nh).unbind(0)
-    allowed = plan.allowed[:, None].expand(G, nh, gs, gs)
-    out = F.scaled_dot_product_attention(
-        q, k, v,
-        attn_mask=allowed.reshape(1, G * nh, gs, gs),
-        dropout_p=attn.attn_drop.p if attn.training else 0.,
-        scale=attn.scale)  # B, G*nh, gs, C/nh
-    out = out.view(B, G, nh, gs, C // nh).permute(0, 1, 3, 2, 4)
-    out = out.reshape(B, G * gs, C)[:, plan.slot]  # B, N, C
+    out = grouped_attention(attn.qkv(x), plan, attn.num_heads,
+                            plan.allowed[:, None],
+                            attn.attn_drop.p if attn.training else 0.,
+                            attn.scale)  # B, N, C
     return attn.proj_drop(attn.proj(out))
 
 

@@ -25,8 +25,5 @@ class SimMIMCPBSwinTransformer(SimMIMSwinTransformer, CPBSwinTransformer):
 
     def __init__(self, *args, cpb_hidden_dims: int = 256,
                  patch_merging: str = 'linear', **kwargs) -> None:
-        if patch_merging not in ('linear', 'conv'):
-            raise ValueError(f"patch_merging must be 'linear' or 'conv', got "
-                             f'{patch_merging!r}')
         super().__init__(*args, **kwargs)
         self.use_cpb_parts(cpb_hidden_dims, patch_merging)

@@ -92,6 +92,43 @@ def build_group_plan(coords: torch.Tensor, window_size: int, shift_size: int,
     return GroupPlan(index, slot, allowed, rel_index, gs)
 
 
+def grouped_attention(qkv: torch.Tensor, plan: GroupPlan, num_heads: int,
+                      attn_mask: torch.Tensor, dropout_p: float,
+                      scale: float) -> torch.Tensor:
+    """Attention of the visible tokens within the groups of ``plan``.
+
+    Args:
+        qkv: (B, N, 3C) the tokens' joint q, k, v projection.
+        plan: their :class:`GroupPlan`.
+        num_heads: ``nh``.
+        attn_mask: (G, nh or 1, gs, gs), bool (True = may attend) or float
+            (added to the logits; -inf where not allowed).
+        dropout_p: attention dropout.
+        scale: logit scale.
+
+    Returns:
+        (B, N, C): each token's attention output, before the projection.
+    """
+    B, N, C3 = qkv.shape
+    C, G, gs, nh = C3 // 3, plan.allowed.shape[0], plan.group_size, num_heads
+    qkv = torch.cat([qkv, qkv.new_zeros(B, 1, C3)], 1)[:, plan.index]
+    # B, G*gs, 3C -> q, k, v (B, G*nh, gs, C/nh), each copied into its own
+    # tensor: the groups are folded into the head dimension so the mask
+    # broadcasts over the batch without a copy, and autograd keeps just q,
+    # k, v for the backward (SDPA's math path saves its scaled copies of q
+    # and k and the v it gets; a view of one joint qkv tensor would keep all
+    # of it alive)
+    qkv = qkv.view(B, G, gs, 3, nh, C // nh)
+    q, k, v = (qkv[:, :, :, i].transpose(2, 3).contiguous().view(
+        B, G * nh, gs, C // nh) for i in range(3))
+    attn_mask = attn_mask.expand(G, nh, gs, gs).reshape(1, G * nh, gs, gs)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+        scale=scale)  # B, G*nh, gs, C/nh
+    out = out.view(B, G, nh, gs, C // nh).permute(0, 1, 3, 2, 4)
+    return out.reshape(B, G * gs, C)[:, plan.slot]  # B, N, C
+
+
 @MODELS.register_module()
 class GroupWindowAttention(WindowMSA):
     """Window attention on the visible tokens of a sparse feature map.
@@ -110,33 +147,17 @@ class GroupWindowAttention(WindowMSA):
         ``WindowMSA.forward`` on full windows (the dense Swin path)."""
         if plan is None:
             return super().forward(x, mask)
-        B, N, C = x.shape
-        G, gs, nh = plan.allowed.shape[0], plan.group_size, self.num_heads
-        qkv = self.qkv(x)  # B, N, 3C
-        qkv = torch.cat([qkv, qkv.new_zeros(B, 1, 3 * C)], 1)[:, plan.index]
-        # B, G*gs, 3C -> q, k, v (B, G*nh, gs, C/nh), each copied into its
-        # own tensor: the groups are folded into the head dimension so the
-        # mask broadcasts over the batch without a copy, and autograd keeps
-        # just q, k, v for the backward (SDPA's math path saves its scaled
-        # copies of q and k and the v it gets; a view of one joint qkv tensor
-        # would keep all of it alive)
-        qkv = qkv.view(B, G, gs, 3, nh, C // nh)
-        q, k, v = (qkv[:, :, :, i].transpose(2, 3).contiguous().view(
-            B, G * nh, gs, C // nh) for i in range(3))
-
+        qkv = self.qkv(x)  # B, N, 3C (padding costs only inside attention)
         bias = self.relative_position_bias_table[plan.rel_index]  # G,gs,gs,nh
-        bias = bias.permute(0, 3, 1, 2).to(q.dtype)
+        bias = bias.permute(0, 3, 1, 2).to(qkv.dtype)
         bias = bias.masked_fill(~plan.allowed[:, None], float('-inf'))
-        out = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=bias.reshape(1, G * nh, gs, gs),
-            dropout_p=self.attn_drop.p if self.training else 0.,
-            scale=self.scale)  # B, G*nh, gs, C/nh
-        out = out.view(B, G, nh, gs, C // nh).permute(0, 1, 3, 2, 4)
-        out = out.reshape(B, G * gs, C)[:, plan.slot]  # B, N, C
+        out = grouped_attention(qkv, plan, self.num_heads, bias,
+                                self.attn_drop.p if self.training else 0.,
+                                self.scale)
         return self.proj_drop(self.proj(out))
 
 
 __all__ = [
-    'GroupPlan', 'GroupWindowAttention', 'build_group_plan', 'window_ids'
+    'GroupPlan', 'GroupWindowAttention', 'build_group_plan',
+    'grouped_attention', 'window_ids'
 ]

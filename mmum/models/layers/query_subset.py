@@ -72,12 +72,12 @@ def block_shared_rows(block: Optional[TransformerEncoderLayer],
     Returns:
         Tensor: (B, L, D).
     """
-    B, N, D = x.shape
-    L, attn = shared.shape[0], getattr(block, 'attn', None)
+    (B, N, D), L = x.shape, shared.shape[0]
     idx = rows.unsqueeze(-1).expand(-1, -1, D)
     full = shared.expand(B, L, D).scatter(1, idx, x)  # B, L, D
     if block is None:
         return full
+    attn = block.attn
     if getattr(attn, 'v_shortcut', False):  # output mixes in all values
         return block(full)
     H, E = attn.num_heads, attn.embed_dims
