@@ -22,6 +22,7 @@ from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models.utils import (build_2d_sincos_position_embedding,
                                      resize_pos_embed)
 
+from mmum.models.layers import merge_2x2
 from mmum.models.pretrained import use_strict_pretrained
 from mmum.registry import MODELS
 from .pretrained_keys import check_pretrained_keys
@@ -106,7 +107,8 @@ class PVTBlock(BaseModule):
 
 
 class PVTStage(BaseModule):
-    """Optional 2x2 patch merge (conv, stride 2), then the blocks."""
+    """Optional 2x2 patch merge (conv, stride 2; computed on the tokens by
+    :func:`~mmum.models.layers.merge_2x2`), then the blocks."""
 
     def __init__(self, in_dims: Optional[int], embed_dims: int, depth: int,
                  num_heads: int, mlp_ratio: float,
@@ -121,9 +123,9 @@ class PVTStage(BaseModule):
         ])
 
     def forward(self, x, hw, pool):
-        if self.downsample is not None:
-            B, _, C = x.shape
-            x, hw = self.downsample(x.transpose(1, 2).reshape(B, C, *hw))
+        if self.downsample is not None:  # its conv, run on the tokens
+            proj = self.downsample.projection
+            x, hw = merge_2x2(x, hw, proj.weight, proj.bias)
         for block in self.blocks:
             x = block(x, hw, pool)
         return x, hw

@@ -4,8 +4,8 @@ from .cpb_window_attention import (CPBShiftWindowMSA, CPBWindowMSA,
 __all__ = ['LogCPB', 'CPBWindowMSA', 'CPBShiftWindowMSA']
 from .group_window_attention import GroupWindowAttention  # noqa: E402
 __all__ += ['GroupWindowAttention']
-from .conv_patch_merging import ConvPatchMerging  # noqa: E402
-__all__ += ['ConvPatchMerging']
+from .conv_patch_merging import ConvPatchMerging, merge_2x2  # noqa: E402
+__all__ += ['ConvPatchMerging', 'merge_2x2']
 from .query_subset import block_at, block_shared_rows, blocks_at  # noqa: E402,E501
 __all__ += ['block_at', 'block_shared_rows', 'blocks_at']
 from .released_init import init_as_released  # noqa: E402
