@@ -53,6 +53,10 @@ def test_merge_2x2_bad_shapes_name_them():
         merge_2x2(x, (3, 5), torch.randn(8, 4, 2, 2))
     with pytest.raises(ValueError, match=r'weight \(8, 3, 2, 2\)'):
         merge_2x2(x, (3, 4), torch.randn(8, 3, 2, 2))
+    with pytest.raises(ValueError, match=r'bias \(7,\)'):
+        merge_2x2(x, (3, 4), torch.randn(8, 4, 2, 2), torch.randn(7))
+    with pytest.raises(ValueError, match=r'tokens \(2, 3, 4, 4\)'):
+        merge_2x2(x.view(2, 3, 4, 4), (3, 4), torch.randn(8, 4, 2, 2))
 
 
 def test_conv_patch_merging_is_norm_then_conv():

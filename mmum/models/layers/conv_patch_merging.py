@@ -10,6 +10,11 @@ def merge_2x2(x: torch.Tensor, hw: Tuple[int, int], weight: torch.Tensor,
               bias=None) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """A 2x2 stride-2 convolution of a token map, computed on the tokens.
 
+    Equals ``F.conv2d(F.pad(m, (0, W % 2, 0, H % 2)), weight, bias,
+    stride=2)`` with ``m = x.transpose(1, 2).reshape(B, C, H, W)``, returned
+    as tokens, to float rounding: odd maps are zero-padded at the bottom and
+    right, as mmpretrain's ``PatchMerging`` does.
+
     The convolution is one linear map of each 2x2 neighbourhood, so it runs
     as a single GEMM on the gathered neighbourhoods: no token <-> NCHW
     transposes and no per-call weight reorder (on CPU these cost more than
@@ -17,9 +22,9 @@ def merge_2x2(x: torch.Tensor, hw: Tuple[int, int], weight: torch.Tensor,
     Swin-T's last merge at batch 2). Gathering the neighbourhoods copies
     the input; it is cheapest in (kh, kw, C) order, which also needs the
     weight reordered, so that order is taken when the weight is the smaller
-    tensor and the weight's own (C, kh, kw) order otherwise. Same values
-    as ``F.conv2d(map, weight, bias, stride=2)`` to float rounding, odd maps
-    zero-padded at the bottom and right as mmpretrain's ``PatchMerging``.
+    tensor and the weight's own (C, kh, kw) order otherwise. As the choice
+    looks at the whole batch, the same image may round differently in
+    batches of different sizes (float rounding only).
 
     Args:
         x (Tensor): (B, H*W, C) tokens, row-major.
@@ -28,14 +33,19 @@ def merge_2x2(x: torch.Tensor, hw: Tuple[int, int], weight: torch.Tensor,
         bias (Tensor, optional): (C_out,).
     Returns:
         tuple: (B, ceil(H/2) * ceil(W/2), C_out) tokens and their (h, w).
+    Raises:
+        ValueError: if ``x`` is not (B, H*W, C) for ``hw``, ``weight`` not
+            (C_out, C, 2, 2) or ``bias`` not (C_out,).
     """
-    B, L, C = x.shape
+    B, L, C = x.shape if x.dim() == 3 else (None, None, None)
     H, W = hw
-    if L != H * W or tuple(weight.shape[1:]) != (C, 2, 2):
+    if L != H * W or tuple(weight.shape[1:]) != (C, 2, 2) or (
+            bias is not None and tuple(bias.shape) != weight.shape[:1]):
         raise ValueError(
-            f'merge_2x2 needs (B, H*W, C) tokens and a (C_out, C, 2, 2) '
-            f'weight; got tokens {tuple(x.shape)} for hw={tuple(hw)} and '
-            f'weight {tuple(weight.shape)}')
+            f'merge_2x2 needs (B, H*W, C) tokens, a (C_out, C, 2, 2) weight '
+            f'and a (C_out,) bias; got tokens {tuple(x.shape)} for '
+            f'hw={tuple(hw)}, weight {tuple(weight.shape)}, bias '
+            f'{None if bias is None else tuple(bias.shape)}')
     x = x.reshape(B, H, W, C)
     if H % 2 or W % 2:
         x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
@@ -74,5 +84,6 @@ class ConvPatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor,
                 hw: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """x: (B, H*W, C) -> (B, ceil(H/2)*ceil(W/2), 2C), (h, w)."""
+        """x: (B, H*W, C) -> (B, ceil(H/2)*ceil(W/2), out_channels), (h, w).
+        """
         return merge_2x2(self.norm(x), hw, self.proj.weight, self.proj.bias)
