@@ -202,3 +202,31 @@ def test_positions_cost_lines(bench):
     rows[0]['time_ms'] = 110.
     assert 'step time +10.0% (<= 5% MISSED)' in bench.positions_cost(rows)[1]
     assert bench.positions_cost(rows[:1]) == []
+
+
+def test_page_faults_line(run):
+    """Under the table: each row's minor page faults per timed step."""
+    results, text = run
+    assert all(r['faults'] >= 0 for r in results)
+    line = next(ln for ln in text.splitlines()
+                if ln.startswith('minor page faults per step'))
+    assert "glibc's default malloc" in line
+    assert f"UM-MAE Swin-T {results[1]['faults']:.0f}" in line
+
+
+@pytest.mark.skipif(not osp.exists('/proc/self/maps'), reason='needs Linux')
+def test_keep_freed_memory_runs_in_its_own_process():
+    """--keep-freed-memory changes malloc for the whole process, so it runs
+    in a subprocess here; the line under the table says it was on."""
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable,
+         osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_pretrain.py'),
+         '--tiny', '--batch-size', '1', '--warmup', '0', '--steps', '1',
+         '--keep-freed-memory', '--methods', 'simmim_swin_t',
+         'ummae_swin_t'], capture_output=True, text=True, cwd=ROOT,
+        timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ('minor page faults per step (median; freed memory kept in the '
+            'process (--keep-freed-memory)): SimMIM Swin-T') in out.stdout

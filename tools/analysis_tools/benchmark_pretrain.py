@@ -40,6 +40,15 @@ Default (small) settings, a few minutes on two CPU cores::
         --batch-size 64 --steps 20 --swin-l
     python tools/analysis_tools/benchmark_pretrain.py --tiny   # smoke test
 
+On CPU, glibc returns freed blocks above its mmap threshold to the OS, so
+a row whose activations are large page-faults them in again every step
+(the line under the table gives the minor page faults per step; SimMIM's
+rows take 60-80 thousand, about 0.1 s, at batch 2). PyTorch's CUDA caching
+allocator keeps such memory. ``--keep-freed-memory`` makes glibc keep it
+too (``mallopt``: no mmap, no trimming), which times the rows as a GPU
+would see them in this respect; the default times them as a CPU user with
+the default allocator sees them.
+
 ``--with-cp`` measures activation checkpointing instead (issue 20): one row
 per mmum pre-training method (UM-MAE Swin-T / PVT-S, GreenMIM Swin-B, and
 Swin-L / Twins-L with their flags, LocalMIM ViT-B), its model built twice
@@ -52,6 +61,7 @@ time of both, and the saving::
 """
 import argparse
 import copy
+import ctypes
 import json
 import os
 import os.path as osp
@@ -207,6 +217,11 @@ def parse_args(argv=None):
                    help='fused=True for every row\'s Adam/AdamW (same '
                    'math, one vectorised kernel: ~5x faster optimizer step '
                    'on CPU); off = exactly the configs\' optimizers')
+    p.add_argument('--keep-freed-memory', action='store_true',
+                   help='CPU, glibc only: keep freed memory in the process '
+                   '(mallopt: no mmap, no trimming) instead of returning it '
+                   'to the OS and page-faulting it in again every step, as '
+                   'the CUDA caching allocator does')
     p.add_argument('--json', help='also write the rows to this file')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--with-cp', action='store_true',
@@ -413,6 +428,32 @@ class GroupingTimer:
             setattr(m, n, fn)
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the OS does not
+    count them)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def keep_freed_memory() -> None:
+    """Make glibc's malloc keep freed memory in the process: no mmap for
+    large blocks (``M_MMAP_MAX`` = 0) and no trimming of the heap
+    (``M_TRIM_THRESHOLD`` = 2 GiB - 1), so a step reuses the pages of the
+    previous one as PyTorch's CUDA caching allocator does.
+
+    Raises:
+        RuntimeError: without glibc's ``mallopt`` (not Linux / glibc).
+    """
+    mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)
+    if mallopt is None or not (mallopt(-4, 0) and mallopt(-1, 2**31 - 1)):
+        raise RuntimeError(
+            '--keep-freed-memory needs glibc\'s mallopt (Linux with glibc); '
+            f'not available on {platform.platform()}. Run without it.')
+
+
 def _sync(device):
     if device.startswith('cuda'):
         torch.cuda.synchronize()
@@ -441,6 +482,7 @@ def timed_step(row: dict, args) -> None:
 
     optim.step = timed_optim_step
     _sync(device)
+    faults = minor_faults()
     try:
         with GroupingTimer() as gt:
             start = time.perf_counter()
@@ -449,6 +491,7 @@ def timed_step(row: dict, args) -> None:
             seconds = time.perf_counter() - start
     finally:
         del optim.step  # back to the class's method
+    row.setdefault('faults', []).append(minor_faults() - faults)
     row.setdefault('times', []).append(seconds)
     row.setdefault('grouping_times', []).append(gt.seconds)
     row.setdefault('optim_times', []).append(sum(optim_seconds))
@@ -631,6 +674,7 @@ def run_pair(names: List[str], args) -> List[dict]:
             timed_step(row, args)
     for row in rows:
         row['times'] = row['times'][args.warmup:]
+        row['faults'] = statistics.median(row['faults'][args.warmup:])
         row['grouping_times'] = row['grouping_times'][args.warmup:]
         row['optim_ms'] = statistics.median(
             row['optim_times'][args.warmup:]) * 1e3
@@ -867,8 +911,21 @@ def format_table(results: List[dict], args) -> str:
         'index building; for Twins also the sparse convolutions\' index '
         'building)',
     ]
-    return '\n'.join(lines + [''] + notes + positions_cost(results) +
-                     where_time_goes(results))
+    return '\n'.join(lines + [''] + notes + page_faults(results, args) +
+                     positions_cost(results) + where_time_goes(results))
+
+
+def page_faults(results: List[dict], args) -> List[str]:
+    """Minor page faults per timed step of each row (median), CPU only."""
+    if args.device.startswith('cuda'):
+        return []
+    rows = ', '.join(f"{r['method']} {r['arch']} {r['faults']:.0f}"
+                     for r in results if 'faults' in r)
+    how = ('freed memory kept in the process (--keep-freed-memory)'
+           if args.keep_freed_memory else
+           'glibc\'s default malloc; --keep-freed-memory keeps freed memory'
+           ' as the CUDA caching allocator does')
+    return ['', f'minor page faults per step (median; {how}): {rows}']
 
 
 POSITIONS_COST = dict(time=5., act=10.)  # max % over 'compact' (issue 13)
@@ -958,6 +1015,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     MMLogger.get_instance('benchmark_pretrain', log_level='WARNING')
     torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     if args.with_cp:
         names = [n for n in WITH_CP_ROWS
                  if n in (args.methods or WITH_CP_DEFAULT) or
