@@ -447,8 +447,10 @@ def keep_freed_memory() -> None:
     Raises:
         RuntimeError: without glibc's ``mallopt`` (not Linux / glibc).
     """
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
     mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)
-    if mallopt is None or not (mallopt(-4, 0) and mallopt(-1, 2**31 - 1)):
+    if mallopt is None or not (mallopt(M_MMAP_MAX, 0) and
+                               mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
         raise RuntimeError(
             '--keep-freed-memory needs glibc\'s mallopt (Linux with glibc); '
             f'not available on {platform.platform()}. Run without it.')

@@ -20,6 +20,19 @@ from mmpretrain.models.backbones.vision_transformer import \
     TransformerEncoderLayer
 
 
+def _attend_and_ffn(block: TransformerEncoderLayer, q: torch.Tensor,
+                    k: torch.Tensor, v: torch.Tensor,
+                    residual: torch.Tensor) -> torch.Tensor:
+    """The rest of ``block`` once q (B, H, M, E/H), k and v (B, H, L, E/H)
+    are known: attention, projection, residual (B, M, D) and FFN."""
+    attn = block.attn
+    drop = attn.attn_drop if attn.training else 0.
+    y = attn.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+    y = attn.proj(y.transpose(1, 2).flatten(2))  # B, M, D
+    y = residual + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
+    return block.ffn(block.ln2(y), identity=y)  # B, M, D
+
+
 def block_at(block: TransformerEncoderLayer, x: torch.Tensor,
              index: torch.Tensor) -> torch.Tensor:
     """``block(x).gather(1, index)`` without computing the other outputs.
@@ -44,11 +57,7 @@ def block_at(block: TransformerEncoderLayer, x: torch.Tensor,
     kv = F.linear(h, w[E:], None if b is None else b[E:])  # B, L, 2E
     q = q.view(B, M, H, -1).transpose(1, 2)  # B, H, M, E/H
     k, v = kv.view(B, L, 2, H, -1).permute(2, 0, 3, 1, 4)  # B, H, L, E/H
-    drop = attn.attn_drop if attn.training else 0.
-    y = attn.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-    y = attn.proj(y.transpose(1, 2).reshape(B, M, E))
-    y = x.gather(1, idx) + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
-    return block.ffn(block.ln2(y), identity=y)  # B, M, D
+    return _attend_and_ffn(block, q, k, v, x.gather(1, idx))  # B, M, D
 
 
 def block_shared_rows(block: Optional[TransformerEncoderLayer],
@@ -86,11 +95,7 @@ def block_shared_rows(block: Optional[TransformerEncoderLayer],
         1, rows.unsqueeze(-1).expand(-1, -1, 3 * E),
         qkv[L:].view(B, N, 3 * E))  # B, L, 3E
     q, k, v = qkv.view(B, L, 3, H, -1).permute(2, 0, 3, 1, 4)  # B, H, L, E/H
-    drop = attn.attn_drop if attn.training else 0.
-    y = attn.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-    y = attn.proj(y.transpose(1, 2).reshape(B, L, E))
-    y = full + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
-    return block.ffn(block.ln2(y), identity=y)  # B, L, D
+    return _attend_and_ffn(block, q, k, v, full)  # B, L, D
 
 
 def blocks_at(blocks, x: torch.Tensor,
