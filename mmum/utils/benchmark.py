@@ -786,7 +786,7 @@ def add_ratios(results: List[dict], judge: bool = True) -> None:
     by_key = {(r['name'], r.get('mode')): r for r in results}
     for r in results:
         ref = by_key.get((r['ref'], r.get('mode')))
-        r['ref_label'] = ref['method'] if ref else '-'
+        r['ref_label'] = ref.get('method', ref['name']) if ref else '-'
         r['time_x'] = r['mem_x'] = r['act_x'] = None
         r['flops_x'] = r['enc_flops_x'] = None
         r['verdict'] = '-' if not r['targets'] else 'no reference row'
@@ -863,7 +863,7 @@ def run_with_cp(name: str, opts) -> dict:
     ckpt['model'].load_state_dict(plain['model'].state_dict())
     data = make_batch(plain)
     out = dict(name=name, method=plain['method'], arch=plain['arch'],
-               img=plain['img'],
+               img=plain['img'], batch_size=plain['batch_size'],
                **compare(loss_and_grads(plain, data, opts.seed),
                          loss_and_grads(ckpt, data, opts.seed), 'with_cp'))
     for _ in range(opts.warmup + opts.steps):

@@ -1,57 +1,53 @@
-"""One command that proves mmum's GPU path on a machine (issue 18).
+"""One command that proves mmum's GPU path on a machine (issues 18, 25).
 
 For a machine with torch (CUDA build) and a wheelhouse made by
-``tools/make_wheelhouse.sh``; sized for at most 10 min on one modern GPU
-(its CUDA path has not run yet: no GPU where it was written)::
+``tools/make_wheelhouse.sh``; sized for at most 10 min on one modern GPU once
+mmcv's wheel is built (the first install compiles mmcv's CUDA ops, cached in
+``MMUM_CACHE``; its CUDA path has not run yet: no GPU where it was written)::
 
     python tools/analysis_tools/gpu_check.py --out gpu_check_out \
         --wheelhouse /path/to/wheelhouse            # --device cuda (default)
 
-Stages (each one reported PASS / FAIL / n/a in the summary printed last; the
-full log, every subprocess's output included, is ``OUT/gpu_check.log``):
+Stages (each reported PASS / FAIL / n/a in the summary printed last; the full
+log, every subprocess's output included, is ``OUT/gpu_check.log``):
 
-1. **install**: mmum's Python dependencies from the wheelhouse only (no
-   index) into the throw-away venv ``OUT/venv``, through
-   ``tools/setup_env.sh --wheelhouse`` with ``MMUM_MMCV_OPS=0`` (mmcv
-   without ops) and ``MMUM_TORCH_FROM`` = this python: the venv reaches this
-   python's torch, which stays as it is. The other stages then run in that
-   venv. ``--skip-install`` runs them with this python as it is.
-2. **amp fp16 / amp bf16**: one training step of every pre-training
-   algorithm (UM-MAE Swin-T / PVT-S, GreenMIM Swin-B, LocalMIM, ViTFreeze =
-   LocalMIM + FreezeOut with layers frozen and decoders pruned, SimMIM
-   Swin-T / PVT-S / Swin-B) under mmengine's ``AmpOptimWrapper``. Checks:
-   every loss finite, and the loss scaler *stepped*: the optimizer step was
-   taken (parameters changed; dynamic loss scaling may skip the first steps
-   on an overflow and halve the scale, so up to ``--amp-tries`` steps are
-   tried) with a finite scale.
-3. **benchmark**: ``benchmark_pretrain.py --device cuda --batch-size 64``
-   for UM-MAE / SimMIM Swin-T and GreenMIM / SimMIM Swin-B; its table (peak
-   memory from ``torch.cuda.max_memory_allocated``) is printed.
-4. **train + resume**: 30 iterations of ``configs/um_mae/swin_t_200e.py``
-   through ``tools/train.py --amp`` on generated images, checkpoint at 15;
-   a second run resumes from that checkpoint; its losses for 16..30 must
-   equal the uninterrupted run's within ``--resume-rtol`` (AMP kernels are
-   not bit-deterministic on GPUs).
+1. **install**: mmum's dependencies from the wheelhouse only into the
+   throw-away venv ``OUT/venv`` through ``tools/setup_env.sh --wheelhouse``,
+   reaching this python's torch (``MMUM_TORCH_FROM``). With CUDA, mmcv is
+   built with its CUDA ops (``FORCE_CUDA=1``); without, without ops
+   (``MMUM_MMCV_OPS=0``, seconds). The other stages then run in that venv;
+   ``--skip-install`` runs them with this python as it is.
+2. **amp fp16 / amp bf16**: one training step of every pre-training row
+   (``AMP_ROWS``: UM-MAE Swin-T / PVT-S, GreenMIM Swin-B / Twins-L, LocalMIM,
+   ViTFreeze ViT-B and Swin-T, SimMIM Swin-T / PVT-S / Swin-B / Twins-L),
+   built by :mod:`mmum.utils.benchmark` as the Runner builds it, under
+   mmengine's ``AmpOptimWrapper``: every loss finite, autocast on, and the
+   loss scaler took a step (up to ``--amp-tries`` steps) with a finite scale.
+3. **device = cpu**: each row's loss and gradients of one fp32 step on the
+   device against the CPU, same weights, same masks and random draws (TF32
+   off); on ``--device cpu`` both sides are the CPU (checks the path only).
+4. **benchmark**: ``benchmark_pretrain.py`` on every pair (Swin-T, PVT-S,
+   Swin-B, Twins-L, ViTFreeze ViT-B and Swin-T); on CUDA at the configs'
+   per-GPU batch sizes in fp32 and AMP (``--amp both``).
+5. **train + resume**: 30 iterations of ``configs/um_mae/swin_t_200e.py``
+   through ``tools/train.py --amp`` on generated images, checkpoint at 15; a
+   second run resumes there; its losses for 16..30 must equal the
+   uninterrupted run's within ``--resume-rtol``.
 
-``--device cpu`` runs every stage on CPU with small settings (tiny
-architectures for the AMP steps and the benchmark, batch 2, 4 training
-iterations resumed at 2): this is how the tests run it. On CPU, AMP means
-bfloat16 autocast (mmengine's ``autocast`` allows only bfloat16 on CPU;
-``AmpOptimWrapper`` is built past its CUDA assertion and given torch's CPU
-``GradScaler``), fp16 is reported *n/a*, and ``tools/train.py --amp`` falls
-back to fp32 (reported so).
-
-``--no-mmcv-ops`` refuses every import of ``mmcv._ext`` in this process and
-its subprocesses, which is exactly what an mmcv built with
-``MMCV_WITH_OPS=0`` (mmcv-lite) lacks: with it, a run on an environment that
-has mmcv's ops shows that the pre-training paths do not need them. It is
-implied after the install stage.
+The summary's ``mmcv ops`` line says whether mmcv's ops carry CUDA kernels
+(``mmcv.ops.get_compiling_cuda_version()``). ``--device cpu`` runs every
+stage small (tiny architectures, batch 2, 4 training iterations): this is how
+the tests run it. There AMP means bf16 autocast (``AmpOptimWrapper`` built
+past its CUDA assertion with torch's CPU ``GradScaler``), fp16 is *n/a* and
+``tools/train.py --amp`` falls back to fp32 (reported so). ``--no-mmcv-ops``
+refuses every import of ``mmcv._ext`` in this process and its subprocesses,
+as an mmcv built with ``MMCV_WITH_OPS=0`` would (implied after an install
+without ops).
 
 Exit status 0 when no stage failed (n/a is not a failure), 1 otherwise.
 """
 import argparse
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -67,21 +63,27 @@ from typing import Dict, List, Optional, Tuple
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 HERE = osp.abspath(__file__)
 TRAIN_CFG = 'configs/um_mae/swin_t_200e.py'
-# one row of benchmark_pretrain.py per pre-training algorithm and baseline
+# one row of mmum.utils.benchmark per pre-training algorithm and baseline
 AMP_ROWS = ['ummae_swin_t', 'ummae_pvt_s', 'greenmim_swin_b',
-            'localmim_vit_b', 'vitfreeze_vit_b@0.6', 'simmim_swin_t',
-            'simmim_pvt_s', 'simmim_swin_b']
-BENCH_ROWS = ['simmim_swin_t', 'ummae_swin_t', 'simmim_swin_b',
-              'greenmim_swin_b']
+            'greenmim_twins_l', 'localmim_vit_b', 'vitfreeze_vit_b@0.6',
+            'vitfreeze_swin_t@0.8', 'simmim_swin_t', 'simmim_pvt_s',
+            'simmim_swin_b', 'simmim_twins_l']
+# every pair of the benchmark (UM-MAE's compact-positions ablation aside)
+BENCH_ROWS = ['simmim_swin_t', 'ummae_swin_t', 'simmim_pvt_s', 'ummae_pvt_s',
+              'simmim_swin_b', 'greenmim_swin_b', 'simmim_twins_l',
+              'greenmim_twins_l', 'localmim_vit_b', 'vitfreeze_vit_b@0.8',
+              'localmim_swin_t', 'vitfreeze_swin_t@0.8']
 NO_OPS_ENV = 'MMUM_GPU_CHECK_NO_MMCV_OPS'
 
-# device -> default settings ("smallest mode" on CPU)
+# device -> default settings ("smallest mode" on CPU); bench_batch None: the
+# configs' per-GPU batch sizes
 DEFAULTS = dict(
-    cuda=dict(amp_batch=8, tiny=False, bench_batch=64, bench_warmup=3,
-              bench_steps=10, train_iters=30, train_batch=64, workers=4,
-              img=288),
-    cpu=dict(amp_batch=2, tiny=True, bench_batch=2, bench_warmup=0,
-             bench_steps=1, train_iters=4, train_batch=2, workers=0, img=64),
+    cuda=dict(amp_batch=8, equal_batch=2, tiny=False, bench_batch=None,
+              bench_warmup=2, bench_steps=5, train_iters=30, train_batch=64,
+              workers=4, img=288),
+    cpu=dict(amp_batch=2, equal_batch=1, tiny=True, bench_batch=1,
+             bench_warmup=0, bench_steps=1, train_iters=4, train_batch=2,
+             workers=0, img=64),
 )
 
 
@@ -104,7 +106,8 @@ def mmcv_ops_state() -> str:
     if 'mmcv._ext' in sys.modules and sys.modules['mmcv._ext'] is None:
         return (f'blocked (mmcv {mmcv.__version__} has ops; mmcv._ext made '
                 'absent, as without ops)')
-    return f'present (mmcv {mmcv.__version__} with ops)'
+    from mmum.utils.benchmark import mmcv_ops_cuda
+    return f'present (mmcv {mmcv.__version__} with ops: {mmcv_ops_cuda()})'
 
 
 # Runs a script with the guard in place when the env variable asks for it:
@@ -161,22 +164,24 @@ def stage_install(args, log: Log) -> str:
     if not args.wheelhouse:
         raise ValueError('--wheelhouse DIR is needed to install (or pass '
                          '--skip-install to use this python as it is)')
+    import torch
     venv = osp.join(args.out, 'venv')
-    env = dict(MMUM_VENV=venv, MMUM_CACHE=osp.join(args.out, 'cache'),
-               MMUM_SHARED_BASE='0', MMUM_MMCV_OPS='0',
+    env = dict(MMUM_VENV=venv, MMUM_SHARED_BASE='0',
                MMUM_TORCH_FROM=sys.executable, PIP_NO_INDEX='1')
+    if args.with_ops:  # mmcv with CUDA ops; its wheel cached in MMUM_CACHE
+        env.update(MMUM_MMCV_OPS='1', FORCE_CUDA='1')
+        log(f'building mmcv with CUDA ops for torch {torch.__version__} '
+            '(once; the wheel is cached in MMUM_CACHE)')
+    else:
+        env.update(MMUM_MMCV_OPS='0', MMUM_CACHE=osp.join(args.out, 'cache'))
     run(['bash', osp.join(ROOT, 'tools', 'setup_env.sh'), '--wheelhouse',
          args.wheelhouse], log, env)
     return osp.join(venv, 'bin', 'python')
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_pretrain', osp.join(osp.dirname(HERE),
-                                       'benchmark_pretrain.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_options(args, batch_size: int):
+    from mmum.utils.benchmark import options
+    return options(device=args.device, tiny=args.tiny, batch_size=batch_size)
 
 
 def amp_wrapper(optimizer, dtype: str, device: str,
@@ -199,15 +204,13 @@ def amp_wrapper(optimizer, dtype: str, device: str,
                                loss_scale='dynamic', clip_grad=clip_grad)
 
 
-def amp_step(bp, name: str, dtype: str, args) -> str:
+def amp_step(name: str, dtype: str, args) -> str:
     """One training step of row ``name`` under AMP ``dtype``; returns the
     result line, raises AssertionError on a failed check."""
     import torch
-    ns = argparse.Namespace(img_size=None, tiny=args.tiny, seed=0,
-                            device=args.device, fused_optim=False,
-                            batch_size=args.amp_batch)
-    torch.manual_seed(0)
-    row = bp.build_row(name, ns)
+
+    from mmum.utils import benchmark as bm
+    row = bm.build_row(name, bench_options(args, args.amp_batch))
     model, plain = row['model'], row['optim']
     clip = None  # the config's gradient clipping, carried over
     if plain.clip_grad_kwargs:
@@ -225,7 +228,7 @@ def amp_step(bp, name: str, dtype: str, args) -> str:
     scales = [float(scaler.get_scale())]
     for attempt in range(1, args.amp_tries + 1):
         before = [p.detach().clone() for p in params]
-        log_vars = model.train_step(bp.make_batch(row, ns), optim)
+        log_vars = model.train_step(bm.make_batch(row), optim)
         losses = {k: float(torch.as_tensor(v).detach())
                   for k, v in log_vars.items() if k.startswith('loss')}
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
@@ -260,16 +263,13 @@ def stage_amp(args, dtype: str, log: Log) -> Tuple[str, str]:
     if args.device.startswith('cuda') and dtype == 'bfloat16' and \
             not torch.cuda.is_bf16_supported():
         return ('n/a', f'{torch.cuda.get_device_name()} has no bfloat16')
-    from mmengine.logging import MMLogger
-    bp = load_benchmark()
-    # quiet the optimizer constructors' per-parameter INFO lines
-    MMLogger.get_instance('gpu_check', log_level='WARNING')
+    from mmum.utils.benchmark import ROWS
     failed = []
     for name in AMP_ROWS:
         try:
-            line = amp_step(bp, name, dtype, args)
-            log(f'  {dtype} {bp.ROWS[name]["method"]:>13} '
-                f'{bp.ROWS[name]["arch"]:6}: {line}')
+            line = amp_step(name, dtype, args)
+            log(f'  {dtype} {ROWS[name]["method"]:>13} '
+                f'{ROWS[name]["arch"]:7}: {line}')
         except Exception as e:  # noqa: BLE001  reported, the next row runs
             log.detail(traceback.format_exc())
             log(f'  amp {dtype} {name}: FAILED: {e}')
@@ -286,14 +286,49 @@ def stage_amp(args, dtype: str, log: Log) -> Tuple[str, str]:
             f'{", tiny archs" if args.tiny else ""}, batch {args.amp_batch})')
 
 
+def stage_equal(args, log: Log) -> Tuple[str, str]:
+    """Each AMP row's fp32 step on the device against the CPU."""
+    import torch
+
+    from mmum.utils import benchmark as bm
+    failed, worst = [], (0., 0.)
+    for name in AMP_ROWS:
+        try:
+            d = bm.device_equality(name, bench_options(args, args.equal_batch))
+            rel = (d['loss_diff'] / max(abs(d['loss']), 1e-12),
+                   d['grad_diff'] / max(d['grad_max'], 1e-12))
+            worst = tuple(map(max, worst, rel))
+            ok = rel[0] <= args.equal_rtol and rel[1] <= args.equal_rtol
+            log(f'  {bm.ROWS[name]["method"]:>13} {bm.ROWS[name]["arch"]:7}: '
+                f'loss {d["loss"]:.5f}, rel. diff {rel[0]:.1e}, gradients '
+                f'{rel[1]:.1e} of the largest' + ('' if ok else ' TOO LARGE'))
+            if not ok:
+                failed.append(name)
+        except Exception as e:  # noqa: BLE001  reported, the next row runs
+            log.detail(traceback.format_exc())
+            log(f'  {name}: FAILED: {type(e).__name__}: {e}'[:500])
+            failed.append(name)
+        if args.device.startswith('cuda'):
+            torch.cuda.empty_cache()
+    n = len(AMP_ROWS)
+    what = (f'{n - len(failed)}/{n} rows, fp32, batch {args.equal_batch}: '
+            f'largest rel. loss diff {worst[0]:.1e}, gradient diff '
+            f'{worst[1]:.1e} of the largest (tol {args.equal_rtol:g})')
+    if not args.device.startswith('cuda'):
+        what += '; both sides on the CPU (the path only)'
+    if failed:
+        return ('FAIL', what + f'; failed: {", ".join(failed)}')
+    return ('PASS', what)
+
+
 def stage_bench(args, log: Log) -> Tuple[str, str]:
     cmd = python_script(
         'tools/analysis_tools/benchmark_pretrain.py', '--device', args.device,
-        '--batch-size', str(args.bench_batch), '--warmup',
-        str(args.bench_warmup), '--steps', str(args.bench_steps),
-        '--methods', *BENCH_ROWS, '--json',
+        *(['--batch-size', str(args.bench_batch)] if args.bench_batch else
+          []), '--warmup', str(args.bench_warmup), '--steps',
+        str(args.bench_steps), '--methods', *BENCH_ROWS, '--json',
         osp.join(args.out, 'benchmark.json'),
-        *(['--tiny'] if args.tiny else []))
+        *(['--tiny'] if args.tiny else ['--amp', 'both']))
     out = run(cmd, log, env=args.child_env)
     table = [ln for ln in out.splitlines() if ln.startswith('|')]
     notes = [ln for ln in out.splitlines()
@@ -301,12 +336,14 @@ def stage_bench(args, log: Log) -> Tuple[str, str]:
     print('\n'.join(table + notes), flush=True)
     with open(osp.join(args.out, 'benchmark.json')) as f:
         rows = json.load(f)
-    if sorted(r['name'] for r in rows) != sorted(BENCH_ROWS):
+    if sorted(set(r['name'] for r in rows)) != sorted(BENCH_ROWS):
         return ('FAIL', f'rows {[r["name"] for r in rows]}')
     mem = 'torch.cuda.max_memory_allocated' if args.device.startswith(
         'cuda') else 'CPU allocator via the profiler'
-    return ('PASS', f'{len(rows)} rows at batch {args.bench_batch} (peak '
-            f'MiB: {mem}); table above and in {args.out}/benchmark.json')
+    batch = args.bench_batch or "the configs' per-GPU"
+    modes = ', '.join(dict.fromkeys(r['mode'] for r in rows))
+    return ('PASS', f'{len(rows)} rows ({modes}) at batch {batch} (peak '
+            f'MiB: {mem}); tables above and in {args.out}/benchmark.json')
 
 
 def make_images(root: str, num: int, size: int) -> str:
@@ -413,7 +450,14 @@ def parse_args(argv=None):
     p.add_argument('--amp-batch', type=int)
     p.add_argument('--amp-tries', type=int, default=5,
                    help='steps tried until the loss scaler takes one')
-    p.add_argument('--bench-batch', type=int)
+    p.add_argument('--equal-batch', type=int,
+                   help='batch of the device = cpu comparison')
+    p.add_argument('--equal-rtol', type=float, default=1e-3,
+                   help='largest relative loss difference and gradient '
+                   'difference (of the largest gradient), device vs CPU')
+    p.add_argument('--bench-batch', type=int,
+                   help='benchmark batch (CUDA default: the configs\' '
+                   'per-GPU batch sizes)')
     p.add_argument('--bench-warmup', type=int)
     p.add_argument('--bench-steps', type=int)
     p.add_argument('--train-iters', type=int,
@@ -424,8 +468,8 @@ def parse_args(argv=None):
     p.add_argument('--resume-rtol', type=float, default=1e-2,
                    help='largest relative loss difference after resume')
     p.add_argument('--stages', nargs='+',
-                   default=['amp', 'bench', 'train'],
-                   choices=['amp', 'bench', 'train'])
+                   default=['amp', 'equal', 'bench', 'train'],
+                   choices=['amp', 'equal', 'bench', 'train'])
     args = p.parse_args(argv)
     kind = 'cuda' if args.device.startswith('cuda') else 'cpu'
     if kind == 'cpu' and args.device != 'cpu':
@@ -436,6 +480,8 @@ def parse_args(argv=None):
     if args.train_iters < 2 or args.train_iters % 2:
         p.error(f'--train-iters {args.train_iters}: an even number >= 2')
     args.out = osp.abspath(args.out)
+    # mmcv with CUDA ops where CUDA is (built once), else without ops
+    args.with_ops = kind == 'cuda' and not args.no_mmcv_ops
     if args.wheelhouse:
         args.wheelhouse = osp.abspath(args.wheelhouse)
     return args
@@ -473,7 +519,8 @@ def main(argv=None) -> int:
             f'{time.time() - t0:.0f} s; the checks now run there')
         log.f.close()
         proc = subprocess.run(
-            [py, HERE, *argv, '--skip-install', '--no-mmcv-ops'],
+            [py, HERE, *argv, '--skip-install',
+             *([] if args.with_ops else ['--no-mmcv-ops'])],
             env=dict(os.environ, MMUM_GPU_CHECK_INSTALLED=(
                 f'{time.time() - t0:.0f} s into '
                 f'{osp.dirname(osp.dirname(py))}, torch of {sys.executable}')
@@ -495,8 +542,13 @@ def main(argv=None) -> int:
                               'it is')
     log(f'== gpu_check {time.strftime("%Y-%m-%d %H:%M:%S")}: {header(args)}')
     import mmum  # noqa: F401  (registers the scope, compat shims)
+    from mmengine.logging import MMLogger
+
+    # quiet the optimizer constructors' per-parameter INFO lines
+    MMLogger.get_instance('gpu_check', log_level='WARNING')
     stages = [('amp fp16', 'amp', lambda: stage_amp(args, 'float16', log)),
               ('amp bf16', 'amp', lambda: stage_amp(args, 'bfloat16', log)),
+              ('device = cpu', 'equal', lambda: stage_equal(args, log)),
               ('benchmark', 'bench', lambda: stage_bench(args, log)),
               ('train+resume', 'train', lambda: stage_train(args, log))]
     for label, key, fn in stages:
