@@ -331,3 +331,20 @@ def test_amp_mode_rows(bench):
     assert r['time_x'] == pytest.approx(ref['time_ms'] / r['time_ms'])
     lines = bench.mode_table(results)
     assert lines[0].split('|')[3:6] == [' fp32 ms ', ' bf16 ms ', ' bf16 x ']
+
+
+@pytest.mark.slow
+def test_compiled_mode_equals_eager():
+    """--compile: the row's forward and loss under torch.compile (optimizer
+    outside) give the eager loss and gradients on the same weights and batch
+    (minutes: inductor compiles on the CPU)."""
+    from mmum.utils import benchmark as bm
+    opts = bm.options(tiny=True, batch_size=1)
+    eager = bm.build_row('simmim_swin_t', opts)
+    compiled = bm.with_mode(eager, opts, compiled=True)
+    data = bm.make_batch(eager)
+    d = bm.compare(bm.loss_and_grads(eager, data, 0),
+                   bm.loss_and_grads(compiled, data, 0), 'compile')
+    assert d['loss_diff'] <= 1e-5 * abs(d['loss'])
+    assert d['grad_diff'] <= 1e-4 * d['grad_max']
+    bm.train_step(compiled, bm.make_batch(compiled))  # and the step runs

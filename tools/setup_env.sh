@@ -28,6 +28,10 @@
 #                     --ignore-installed), and that python's env is left alone.
 #   MMUM_WHEELHOUSE   same as --wheelhouse DIR
 #   MMUM_CXX_STD      C++ standard for mmcv ops (default: c++20 for torch >= 2.10, else c++17)
+#   FORCE_CUDA        1: build mmcv's ops with CUDA kernels (needs nvcc and a CUDA
+#                     torch) even where no GPU is visible; 0: CPU ops even on a GPU
+#                     machine. Default: CUDA kernels where nvcc and a GPU are found.
+#                     The shared base environment is kept apart per flavour.
 #   MAX_JOBS          parallel compile jobs for mmcv (default: number of cores)
 set -euo pipefail
 
@@ -66,8 +70,10 @@ fail() {
                 "(and MMUM_TORCH_INDEX for CUDA builds)." >&2 ;;
     mmcv-download) echo "  -> could not fetch the mmcv==$MMCV_VERSION source distribution from the package index" \
                         "${WHEELHOUSE:+(or find it in $WHEELHOUSE: fill it with tools/make_wheelhouse.sh)}." >&2 ;;
+    cuda-torch) echo "  -> mmcv's CUDA ops need a CUDA build of torch; this torch is CPU-only. Point MMUM_TORCH_INDEX" \
+                     "at a CUDA wheel index (or MMUM_TORCH_FROM at a CUDA torch), or set FORCE_CUDA=0 for CPU ops." >&2 ;;
     mmcv-build) echo "  -> mmcv ops failed to compile; the full log is $CACHE/mmcv-build.log." \
-                     "Needs gcc/g++ (apt-get install build-essential); try MMCV_CXX_STD=c++17 for old torch," \
+                     "Needs gcc/g++ (apt-get install build-essential); try MMUM_CXX_STD=c++17 for old torch," \
                      "or MAX_JOBS=1 if the compiler ran out of memory." >&2 ;;
     openmmlab) echo "  -> installing the OpenMMLab packages failed; see pip's message above" \
                     "${WHEELHOUSE:+(a wheel missing from $WHEELHOUSE? make it with tools/make_wheelhouse.sh for this Python and platform)}." >&2 ;;
@@ -95,17 +101,33 @@ OWN=()
 [ -z "$TORCH_FROM" ] || OWN=(--ignore-installed)
 # mmcv's import that shows the wanted build is there
 MMCV_CHECK=mmcv.ops; [ "$OPS" = 1 ] || MMCV_CHECK=mmcv
-# what sets this environment apart from the default one (empty by default)
+# CPU or CUDA kernels in mmcv's ops, decided before the base environment is
+# picked (so a GPU machine never reuses a CPU-built mmcv, nor the reverse):
+# CUDA where nvcc is there and FORCE_CUDA=1 or a GPU is visible
+FLAVOUR=cpu
+if [ "$OPS" = 1 ] && [ "${FORCE_CUDA:-}" != 0 ] && command -v nvcc >/dev/null 2>&1 && \
+   { [ "${FORCE_CUDA:-}" = 1 ] || nvidia-smi -L >/dev/null 2>&1 || [ -e /dev/nvidia0 ]; }; then
+  FLAVOUR=cuda
+elif [ "$OPS" = 1 ] && [ "${FORCE_CUDA:-}" = 1 ]; then
+  log "FORCE_CUDA=1 but no nvcc on PATH: mmcv's ops get CPU kernels only"
+fi
+# what sets this environment apart from the default one (empty by default,
+# so the CPU environment's key is what it was before the flavour was keyed)
 VARIANT=""
 [ "$OPS" = 1 ] || VARIANT+=" mmcv-ops=0"
-[ -z "$TORCH_FROM" ] || VARIANT+=" torch-from=$TORCH_FROM"
+[ "$FLAVOUR" = cpu ] || VARIANT+=" flavour=$FLAVOUR"
+[ -z "$TORCH_FROM" ] || VARIANT+=" torch-from=$TORCH_FROM $("$TORCH_FROM" -c 'import torch; print(torch.__version__, torch.version.cuda)')"
+# appended to the import checks: the installed mmcv carries the flavour's
+# kernels (a base made before the flavour was keyed may hold a CPU build)
+KERNELS=""
+[ "$FLAVOUR" = cpu ] || KERNELS="; import mmcv.ops; assert mmcv.ops.get_compiling_cuda_version() != 'not available'"
 VENV_PYTHON="${TORCH_FROM:-python3}"
 
 # Fast path: everything already installed for this exact set of requirements.
 STAMP="$VENV/.mmum-setup-stamp"
 want_stamp="$(cat "$ROOT/tools/setup_env.sh" "$ROOT/requirements/"*.txt "$ROOT/setup.py" | sha1sum | cut -c1-16) $TORCH_SPEC$VARIANT"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && \
-   "$VENV/bin/python" -c "import $MMCV_CHECK, mmum" >/dev/null 2>&1; then
+   "$VENV/bin/python" -c "import $MMCV_CHECK, mmum$KERNELS" >/dev/null 2>&1; then
   log "environment up to date ($VENV)"
   exit 0
 fi
@@ -130,8 +152,12 @@ if [ -n "$TORCH_FROM" ]; then  # that python's torch, after our own packages
     > "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_mmum_torch_from.pth"
 fi
 PIP=("$PY" -m pip --disable-pip-version-check -q)
+if [ -f "$BASE/.mmum-base-complete" ] && ! "$PY" -c "import $MMCV_CHECK$KERNELS" >/dev/null 2>&1; then
+  log "$BASE: its mmcv lacks the $FLAVOUR kernels; rebuilding it"
+  rm -f "$BASE/.mmum-base-complete"
+fi
 if [ -f "$BASE/.mmum-base-complete" ]; then
-  log "using the shared base environment $BASE"
+  log "using the shared base environment $BASE ($FLAVOUR)"
 else
 
 # 2. torch ---------------------------------------------------------------------
@@ -164,15 +190,18 @@ TAG="$("$PY" -c 'import sys, torch; v = torch.__version__.replace("+", "_"); pri
 HAVE_NVCC=0
 if [ "$OPS" = 0 ]; then
   TAG=noops
-elif command -v nvcc >/dev/null 2>&1 && "$PY" -c 'import torch,sys; sys.exit(0 if torch.version.cuda else 1)' && \
-   { [ -n "${FORCE_CUDA:-}" ] && [ "${FORCE_CUDA}" = 1 ] || "$PY" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; }; then
+elif [ "$FLAVOUR" = cuda ]; then
+  STEP=cuda-torch
+  "$PY" -c 'import torch,sys; sys.exit(0 if torch.version.cuda else 1)'
+  STEP=mmcv-download
   HAVE_NVCC=1; TAG="$TAG-cuda"
 else
   TAG="$TAG-cpu"
 fi
+
 WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-$TAG"
 # (installed in this env, not seen through MMUM_TORCH_FROM's)
-if ! "$PY" -c "import mmcv, $MMCV_CHECK, sys; sys.exit(0 if mmcv.__version__ == '$MMCV_VERSION' and mmcv.__file__.startswith(sys.prefix) else 1)" >/dev/null 2>&1; then
+if ! "$PY" -c "import mmcv, $MMCV_CHECK, sys$KERNELS; sys.exit(0 if mmcv.__version__ == '$MMCV_VERSION' and mmcv.__file__.startswith(sys.prefix) else 1)" >/dev/null 2>&1; then
   if ! ls "$WHEEL_DIR"/mmcv*.whl >/dev/null 2>&1; then
     STEP=mmcv-download
     SRC="$CACHE/src"; mkdir -p "$SRC"
@@ -202,6 +231,8 @@ if ! "$PY" -c "import mmcv, $MMCV_CHECK, sys; sys.exit(0 if mmcv.__version__ == 
   fi
   log "installing cached mmcv wheel from $WHEEL_DIR"
   STEP=mmcv-build
+  # (replacing an mmcv of the same version built for the other flavour)
+  pipq install "${OWN[@]}" --force-reinstall --no-deps "$WHEEL_DIR"/mmcv*.whl
   pipq install "${OWN[@]}" "$WHEEL_DIR"/mmcv*.whl 'mmengine==0.10.7'
 else
   log "mmcv $MMCV_VERSION ($MMCV_CHECK) already installed"
@@ -211,7 +242,7 @@ fi
 STEP=openmmlab
 log "installing mmengine, mmpretrain, mmdet, mmsegmentation and test tools"
 pipq install "${OWN[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
-"$PY" -c "import $MMCV_CHECK, mmpretrain, mmdet, mmseg" || false
+"$PY" -c "import $MMCV_CHECK, mmpretrain, mmdet, mmseg$KERNELS" || false
 [ "$BASE" = "$VENV" ] || touch "$BASE/.mmum-base-complete"
 fi  # base environment
 
@@ -234,6 +265,6 @@ log "installing mmum (editable) into $VENV"
 pipq install "${OWN[@]}" --no-deps --no-build-isolation -e "$ROOT"
 
 STEP=check
-"$PY" -c "import $MMCV_CHECK, mmpretrain, mmdet, mmseg, mmum; print('mmum', mmum.__version__, 'ready')"
+"$PY" -c "import $MMCV_CHECK, mmpretrain, mmdet, mmseg, mmum$KERNELS; print('mmum', mmum.__version__, 'ready ($FLAVOUR)')"
 echo "$want_stamp" > "$STAMP"
 log "done. Activate with: source $VENV/bin/activate"
