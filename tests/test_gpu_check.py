@@ -33,14 +33,19 @@ def summary(stdout):
 def test_summary_lines(cpu_run):
     out, stdout = cpu_run
     s = summary(stdout)
-    assert list(s) == ['install', 'amp fp16', 'amp bf16', 'benchmark',
-                       'train+resume', 'mmcv ops', 'RESULT']
+    assert list(s) == ['install', 'amp fp16', 'amp bf16', 'device = cpu',
+                       'benchmark', 'train+resume', 'mmcv ops', 'RESULT']
     assert s['install'].startswith('skipped')
     # fp16 is not claimed on CPU; bf16 ran every algorithm under autocast
     assert s['amp fp16'].startswith('n/a: fp16 autocast is not applicable')
-    assert s['amp bf16'].startswith('PASS: 8/8 rows, losses finite, scaler '
+    assert s['amp bf16'].startswith('PASS: 11/11 rows, losses finite, scaler '
                                     'stepped (CPU autocast, CPU GradScaler')
-    assert s['benchmark'].startswith('PASS: 4 rows at batch 2')
+    # the same step on the device and on the CPU: here both are the CPU
+    m = re.match(r'PASS: 11/11 rows, fp32, batch 1: largest rel. loss diff '
+                 r'(\S+), gradient diff (\S+) of the largest \(tol 0.001\); '
+                 r'both sides on the CPU', s['device = cpu'])
+    assert m and float(m.group(1)) == float(m.group(2)) == 0
+    assert s['benchmark'].startswith('PASS: 12 rows (fp32) at batch 1')
     # tools/train.py --amp falls back to fp32 without CUDA, and says so
     m = re.match(r'PASS: 4 iters \(fp32: tools/train.py --amp falls back '
                  r'without CUDA\), resumed from iter_2.pth: max rel. loss '
@@ -62,17 +67,23 @@ def test_every_algorithm_stepped_in_bf16(cpu_run):
                       r'bfloat16, step taken at try (\d)', stdout, re.M)
     assert [r[:2] for r in rows] == [
         ('UM-MAE', 'Swin-T'), ('UM-MAE', 'PVT-S'), ('GreenMIM', 'Swin-B'),
-        ('LocalMIM', 'ViT-B'), ('ViTFreeze@0.6', 'ViT-B'),
-        ('SimMIM', 'Swin-T'), ('SimMIM', 'PVT-S'), ('SimMIM', 'Swin-B')]
+        ('GreenMIM', 'Twins-L'), ('LocalMIM', 'ViT-B'),
+        ('ViTFreeze@0.6', 'ViT-B'), ('ViTFreeze@0.8', 'Swin-T'),
+        ('SimMIM', 'Swin-T'), ('SimMIM', 'PVT-S'), ('SimMIM', 'Swin-B'),
+        ('SimMIM', 'Twins-L')]
 
 
 def test_benchmark_table_printed(cpu_run):
     _, stdout = cpu_run
     table = [ln for ln in stdout.splitlines() if ln.startswith('| ')]
     assert table[0].split('|')[1].strip() == 'method'
-    assert [ln.split('|')[1].strip() + ' ' + ln.split('|')[2].strip()
-            for ln in table[1:]] == ['SimMIM Swin-T', 'UM-MAE Swin-T',
-                                     'SimMIM Swin-B', 'GreenMIM Swin-B']
+    rows = [ln.split('|')[1].strip() + ' ' + ln.split('|')[2].strip()
+            for ln in table[1:]]
+    assert rows[:13] == [
+        'SimMIM Swin-T', 'UM-MAE Swin-T', 'SimMIM PVT-S', 'UM-MAE PVT-S',
+        'SimMIM Swin-B', 'GreenMIM Swin-B', 'SimMIM Twins-L',
+        'GreenMIM Twins-L', 'LocalMIM ViT-B', 'ViTFreeze@0.8 ViT-B',
+        'LocalMIM Swin-T', 'ViTFreeze@0.8 Swin-T', 'method arch']
     assert 'peak MiB:' in stdout
 
 
