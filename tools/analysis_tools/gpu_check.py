@@ -334,10 +334,9 @@ def stage_bench(args, log: Log) -> Tuple[str, str]:
     env = dict(args.child_env,
                PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True')
     out = run(cmd, log, env=env)
-    table = [ln for ln in out.splitlines() if ln.startswith('|')]
-    notes = [ln for ln in out.splitlines()
-             if ln.startswith(('device:', 'peak MiB:'))]
-    print('\n'.join(table + notes), flush=True)
+    lines = out.splitlines()  # the tables and everything under them
+    first = next((i for i, ln in enumerate(lines) if ln.startswith('|')), 0)
+    print('\n'.join(lines[first:]), flush=True)
     with open(osp.join(args.out, 'benchmark.json')) as f:
         rows = json.load(f)
     if sorted(set(r['name'] for r in rows)) != sorted(BENCH_ROWS):
