@@ -37,9 +37,19 @@ import textwrap
 import warnings
 from typing import Dict, List, Optional
 
-from mmum.utils.benchmark import (OPTIONAL, PAIRS, ROWS,  # noqa: F401
-                                  add_ratios, amp_label, device_name,
-                                  is_cuda)
+
+
+def __getattr__(name):
+    """The library's names (``ROWS``, ``PAIRS``, ``add_ratios``, ...), imported
+    on first use so that ``--help`` does not wait for torch."""
+    from mmum.utils import benchmark
+    return getattr(benchmark, name)
+
+
+def _lib():
+    from mmum.utils import benchmark
+    return benchmark
+
 
 WITH_CP_ROWS = ('ummae_swin_t', 'ummae_pvt_s', 'greenmim_swin_b',
                 'greenmim_swin_l', 'greenmim_twins_l', 'localmim_vit_b')
@@ -98,7 +108,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.tiny:
         args.warmup, args.steps = min(args.warmup, 1), min(args.steps, 2)
-    if args.steps < 1 or args.warmup < 0 or (args.batch_size or 1) < 1:
+    if args.steps < 1 or args.warmup < 0 or (args.batch_size is not None
+                                             and args.batch_size < 1):
         p.error('--steps and --batch-size must be >= 1, --warmup >= 0')
     return args
 
@@ -112,6 +123,7 @@ def modes(args) -> List[tuple]:
 
 
 def selected(args) -> List[List[str]]:
+    OPTIONAL, PAIRS, ROWS = _lib().OPTIONAL, _lib().PAIRS, _lib().ROWS
     flagged = [n for flag, rows in OPTIONAL.items() if getattr(args, flag)
                for n in rows]
     optional = [n for rows in OPTIONAL.values() for n in rows]
@@ -176,7 +188,7 @@ CP_COLUMNS = [
 def setting_line(args, results) -> str:
     import torch
     batches = sorted({r['batch_size'] for r in results})
-    return (f'device: {device_name(args)}; torch {torch.__version__}, '
+    return (f'device: {_lib().device_name(args)}; torch {torch.__version__}, '
             f'{torch.get_num_threads()} thread(s); batch '
             f'{"/".join(map(str, batches))}, {args.warmup} warm-up + '
             f'{args.steps} timed steps per row, interleaved' +
@@ -187,7 +199,7 @@ def setting_line(args, results) -> str:
 
 
 def format_tables(results: List[dict], args) -> str:
-    if is_cuda(args):
+    if _lib().is_cuda(args):
         mem = ('peak MiB: torch.cuda.max_memory_allocated during a step above '
                'what was allocated at its start, plus parameters, buffers and '
                'optimizer state')
@@ -200,7 +212,8 @@ def format_tables(results: List[dict], args) -> str:
         setting_line(args, results),
         'step ms: median (min-max) of train_step: data preprocessor, '
         'forward, loss, backward, optimizer step; optim ms: its optimizer '
-        f'step; mode: fp32, {amp_label(args)} (AMP), c = compiled forward',
+        f'step; mode: fp32, {_lib().amp_label(args)} (AMP), c = compiled '
+        'forward',
         mem,
         'act MiB/img: what the forward leaves alive for the backward, per '
         'image (memory targets are judged on act x: at the papers\' batch '
@@ -255,7 +268,7 @@ def mode_table(results: List[dict]) -> List[str]:
 
 def page_faults(results: List[dict], args) -> List[str]:
     """Minor page faults per timed step of each row (median), CPU only."""
-    if is_cuda(args):
+    if _lib().is_cuda(args):
         return []
     rows = ', '.join(f"{r['method']} {r['arch']} {r['faults']:.0f}"
                      for r in results if 'faults' in r)
@@ -328,7 +341,7 @@ def format_cp_table(results: List[dict], args) -> str:
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = parse_args(argv)
     if args.list:
-        for name, spec in ROWS.items():
+        for name, spec in _lib().ROWS.items():
             print(f"{name:22} {spec['method']:16} {spec['arch']:7} "
                   f"{spec['config']}")
         return []
@@ -363,7 +376,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
         for pair in selected(args):
             print(f'running {" | ".join(pair)} ...', flush=True)
             results += bm.run_pair(pair, args, modes(args))
-        add_ratios(results, judge=not args.tiny)
+        bm.add_ratios(results, judge=not args.tiny)
         print(format_tables(results, args), flush=True)
     if args.json:
         with open(args.json, 'w') as f:
