@@ -254,7 +254,7 @@ def test_keep_freed_memory_runs_in_its_own_process_tiny_output_clean():
     assert ('minor page faults per step (median; freed memory kept in the '
             'process (--keep-freed-memory)): SimMIM Swin-T') in out.stdout
     both = out.stdout + out.stderr
-    for noise in ('STAGE:', 'gpuGetDeviceCount', 'ActivityProfiler',
+    for noise in ('STAGE:', 'USDT:', 'gpuGetDeviceCount', 'ActivityProfiler',
                   'MISSED', 'pkg_resources'):
         assert noise not in both, both
     table_lines = [ln for ln in out.stdout.splitlines() if ln.startswith('|')]

@@ -542,8 +542,8 @@ def persistent_bytes(row: dict) -> int:
 
 # what torch's profiler (kineto / CUPTI) prints on stderr by itself
 PROFILER_NOISE = re.compile(
-    r'STAGE:|ActivityProfilerController|CUPTI|cupti|gpuGetDeviceCount|'
-    r'kineto|Profiler(Activity)?|libkineto')
+    r'STAGE:|USDT:|ActivityProfiler|SyncActivityProfilerHandler|CUPTI|cupti|'
+    r'gpuGetDeviceCount|DeviceProperties\.cpp|kineto|Profiler')
 
 
 @contextmanager
