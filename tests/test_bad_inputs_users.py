@@ -200,7 +200,7 @@ def test_every_downstream_config_refuses_another_architecture(config,
     else:
         wrong = build(FINETUNE_BACKBONES['mmpretrain SwinTransformer'])
         # the UM-MAE encoder in the config's own layout (released: conv
-        # patch merging, narrow bias MLP, eps 1e-6)
+        # patch merging, narrow bias MLP, released eps)
         layout = {k: backbone[k] for k in (
             'patch_merging', 'cpb_hidden_dims', 'norm_cfg', 'patch_cfg',
             'stage_cfgs') if k in backbone}
