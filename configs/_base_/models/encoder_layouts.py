@@ -27,7 +27,11 @@ pvt_s_layout = dict(
     arch='small', sr_ratios=(8, 4, 2, 1), norm_cfg=ln, block_norm_cfg=block_ln)
 
 # Twins-L (SVT-L) in Twins' classification layout: one norm after the last
-# stage (the encoder output a decoder reads, as MAE's final norm). GreenMIM
-# Twins weights are plain SVT weights in it.
+# stage (the encoder output a decoder reads, as MAE's final norm), with the
+# released GreenMIM Twins-L's query/key/value biases and LayerNorm eps 1e-6
+# (mmpretrain's SVT keeps eps 1e-5 in its patch-embedding norms; GreenTwins
+# applies norm_cfg there too). GreenMIM Twins weights are plain SVT weights
+# in it.
 twins_l_layout = dict(
-    arch='large', norm_after_stage=[False, False, False, True])
+    arch='large', norm_after_stage=[False, False, False, True],
+    qkv_bias=True, norm_cfg=ln)
