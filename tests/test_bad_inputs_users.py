@@ -189,7 +189,8 @@ def test_every_downstream_config_refuses_another_architecture(config,
     if backbone['type'].split('.')[-1] in ('SVT', 'GreenTwins'):
         wrong, _ = um_swin_checkpoint(tmp_path)
         right = build(dict(type='mmum.GreenTwins', arch=TWINS_ARCH,
-                           norm_after_stage=backbone['norm_after_stage']))
+                           norm_after_stage=backbone['norm_after_stage'],
+                           qkv_bias=backbone['qkv_bias']))
     elif 'PVT' in backbone['type']:
         wrong = build(FINETUNE_BACKBONES['CPBSwinTransformer'])
         right = build(dict(type='mmum.UMPVT', arch=PVT_ARCH, img_size=32))
