@@ -388,3 +388,24 @@ def test_command_line_converts_twins(tmp_path, monkeypatch, capsys):
         state = torch.load(dst)['state_dict']
         assert any('position_encodings.3.proj' in k for k in state)
     assert "adds the PEG's input back" in text
+
+
+def test_simmim_baseline_shares_the_released_architecture():
+    """configs/simmim/twins_l_224_800e.py: the same Twins-L as GreenMIM's
+    config (qkv biases, eps 1e-6 in every norm, PEG without residual), so
+    only the method differs; its dense forward equals GreenTwins'."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'simmim',
+                                   'twins_l_224_800e.py')).model.backbone
+    assert cfg.peg_residual is False and cfg.qkv_bias
+    cfg.arch = TINY
+    simmim = MODELS.build(cfg)
+    assert {m.eps for m in simmim.modules()
+            if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
+    green = _green(peg_residual=False)
+    state = {k: v for k, v in simmim.state_dict().items()
+             if k != 'mask_token'}
+    green.load_state_dict(state, strict=True)
+    img = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(simmim.eval()(img)[-1],
+                                   green.eval()(img)[-1])

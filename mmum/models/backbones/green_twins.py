@@ -108,6 +108,26 @@ class PEGWithoutResidual(ConditionalPositionEncoding):
         return x.flatten(2).transpose(1, 2)
 
 
+def use_released_twins_parts(model: SVT, norm_cfg: Optional[dict],
+                             peg_residual: bool) -> None:
+    """Give an ``SVT`` (in place) ``norm_cfg`` in its patch-embedding
+    norms (``SVT`` hard-codes ``dict(type='LN')`` there) and, with
+    ``peg_residual=False``, the released GreenMIM PEG without residual.
+    Parameters and their names are unchanged."""
+    if not isinstance(peg_residual, bool):
+        raise ValueError(
+            'peg_residual must be True (Twins / SVT) or False (released '
+            f'GreenMIM), got {peg_residual!r}')
+    if not peg_residual:
+        for i, peg in enumerate(model.position_encodings):
+            model.position_encodings[i] = PEGWithoutResidual(
+                peg.proj.in_channels, peg.proj.out_channels)
+    if norm_cfg is not None:
+        for embed in model.patch_embeds:
+            dims = embed.norm.normalized_shape[0]
+            embed.norm = build_norm_layer(norm_cfg, dims)[1]
+
+
 @MODELS.register_module()
 class GreenTwins(SVT):
     """Visible-only Twins-SVT encoder for GreenMIM.
@@ -149,20 +169,8 @@ class GreenTwins(SVT):
                          attn_drop_rate, drop_path_rate, norm_cfg,
                          norm_after_stage, init_cfg)
         self.with_cp = with_cp
-        if not isinstance(peg_residual, bool):
-            raise ValueError(
-                'peg_residual must be True (Twins / SVT) or False (released '
-                f'GreenMIM), got {peg_residual!r}')
+        use_released_twins_parts(self, norm_cfg, peg_residual)
         self.peg_residual = peg_residual
-        if not peg_residual:
-            for i, peg in enumerate(self.position_encodings):
-                new = PEGWithoutResidual(peg.proj.in_channels,
-                                         peg.proj.out_channels)
-                self.position_encodings[i] = new
-        if norm_cfg is not None:  # SVT builds these with dict(type='LN')
-            for embed in self.patch_embeds:
-                dims = embed.norm.normalized_shape[0]
-                embed.norm = build_norm_layer(norm_cfg, dims)[1]
         if list(self.patch_sizes) != list(self.strides):
             raise ValueError(f'GreenTwins needs patch_sizes == strides '
                              f'(non-overlapping patch embeddings), got '
@@ -320,4 +328,5 @@ class GreenTwins(SVT):
         return x, coords, hw
 
 
-__all__ = ['GreenTwins', 'grouped_lsa', 'sparse_gsa']
+__all__ = ['GreenTwins', 'PEGWithoutResidual', 'use_released_twins_parts',
+           'grouped_lsa', 'sparse_gsa']
