@@ -30,9 +30,6 @@ class GreenMIMTwinsInit(BaseInit):
     docstring). Modules other than Linear / LayerNorm / Conv2d (none in
     SVT) are left alone."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-
     def __call__(self, module: nn.Module) -> None:
         for name, m in module.named_modules():
             if isinstance(m, nn.Linear):
