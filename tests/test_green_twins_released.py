@@ -312,6 +312,8 @@ def test_full_checkpoint_loads_into_the_tiny_config():
     cfg = Config.fromfile(CFG).model
     assert settings['backbone']['peg_residual'] is False
     assert cfg.backbone.peg_residual is False and cfg.backbone.qkv_bias
+    assert cfg.backbone.norm_cfg.eps == 1e-6
+    assert cfg.backbone.init_cfg.type == 'mmum.GreenMIMTwinsInit'
     cfg.backbone.arch = TINY
     cfg.neck.update(embed_dim=128, decoder_embed_dim=DEC,
                     decoder_num_heads=2)
