@@ -365,15 +365,21 @@ def test_with_cp_dense_same_outputs_and_grads(name):
 def test_pvt_pcpvt_arguments():
     """``PCPVT``'s constructor arguments build a PVT and do what they say."""
     model = build('PVT', drop_rate=0.1, attn_drop_rate=0.2, qkv_bias=False,
-                  norm_cfg=dict(type='LN', eps=1e-5), norm_after_stage=False)
+                  norm_cfg=dict(type='LN', eps=1e-4),
+                  block_norm_cfg=dict(type='LN', eps=1e-3),
+                  norm_after_stage=False)
     block = model.stages[1].blocks[0]
     assert block.attn.q.bias is None and block.attn.kv.bias is None
     assert block.attn.attn_drop == 0.2 and block.attn.proj_drop.p == 0.1
     assert model.drop_after_pos.p == 0.1 and block.mlp[-1].p == 0.1
-    assert block.norm1.eps == 1e-5 and model.norm3.eps == 1e-5
-    # defaults: the UM-MAE layout (qkv biases, LN eps 1e-6)
+    assert block.norm1.eps == block.norm2.eps == 1e-3
+    assert model.norm3.eps == 1e-4
+    # defaults: the released UM-MAE layout (qkv biases, LN eps 1e-5 in the
+    # blocks and the key/value norm, 1e-6 in the output norms)
     model = build('PVT')
-    assert model.stages[0].blocks[0].attn.q.bias is not None
+    block = model.stages[0].blocks[0]
+    assert block.attn.q.bias is not None
+    assert block.norm1.eps == block.norm2.eps == block.attn.norm.eps == 1e-5
     assert model.norm3.eps == 1e-6
     with pytest.raises(ValueError, match='norm_after_stage=True'):
         build('PVT', norm_after_stage=True)

@@ -189,7 +189,8 @@ def test_every_downstream_config_refuses_another_architecture(config,
     if backbone['type'].split('.')[-1] in ('SVT', 'GreenTwins'):
         wrong, _ = um_swin_checkpoint(tmp_path)
         right = build(dict(type='mmum.GreenTwins', arch=TWINS_ARCH,
-                           norm_after_stage=backbone['norm_after_stage']))
+                           norm_after_stage=backbone['norm_after_stage'],
+                           qkv_bias=backbone['qkv_bias']))
     elif 'PVT' in backbone['type']:
         wrong = build(FINETUNE_BACKBONES['CPBSwinTransformer'])
         right = build(dict(type='mmum.UMPVT', arch=PVT_ARCH, img_size=32))
@@ -200,7 +201,7 @@ def test_every_downstream_config_refuses_another_architecture(config,
     else:
         wrong = build(FINETUNE_BACKBONES['mmpretrain SwinTransformer'])
         # the UM-MAE encoder in the config's own layout (released: conv
-        # patch merging, narrow bias MLP, eps 1e-6)
+        # patch merging, narrow bias MLP, released eps)
         layout = {k: backbone[k] for k in (
             'patch_merging', 'cpb_hidden_dims', 'norm_cfg', 'patch_cfg',
             'stage_cfgs') if k in backbone}

@@ -190,7 +190,7 @@ def official_pvt_forward(sd, x, p=PVT, sr=(8, 4, 2, 1)):
                 B, C, H, W = x.shape
                 x = x.flatten(2).transpose(1, 2)
             h = p['num_heads'][s]
-            t = ln(x, f'{b}.norm1')
+            t = ln(x, f'{b}.norm1', 1e-5)  # blocks: PyTorch's default eps
             q = lin(t, f'{b}.attn.q').view(B, -1, h, C // h).transpose(1, 2)
             y = F.avg_pool2d(t.transpose(1, 2).reshape(B, C, H, W), sr[s])
             y = F.conv2d(y, sd[f'{b}.attn.sr.weight'], sd[f'{b}.attn.sr.bias'])
@@ -200,7 +200,7 @@ def official_pvt_forward(sd, x, p=PVT, sr=(8, 4, 2, 1)):
             a = (q @ kk.transpose(-1, -2) * (C // h)**-.5).softmax(-1)
             x = x + lin((a @ v).transpose(1, 2).reshape(B, -1, C),
                         f'{b}.attn.proj')
-            t = lin(F.gelu(lin(ln(x, f'{b}.norm2'), f'{b}.mlp.fc1')),
+            t = lin(F.gelu(lin(ln(x, f'{b}.norm2', 1e-5), f'{b}.mlp.fc1')),
                     f'{b}.mlp.fc2')
             x = x + t
             k += 1
@@ -349,10 +349,14 @@ def test_released_checkpoint_loads_into_the_unchanged_config(name):
     assert official.released_config(converted, arch) == (path, {})
     model = MODELS.build(Config.fromfile(path).model)
     model.load_state_dict(converted, strict=True)
-    if arch == 'swin':  # released eps 1e-6 everywhere, merging included
-        eps = {m.eps for m in model.modules()
-               if isinstance(m, torch.nn.LayerNorm)}
-        assert eps == {1e-6}
+    # released eps: 1e-5 in the blocks (and PVT's key/value norm), 1e-6 in
+    # every other norm of the encoder (merging included) and the decoder
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            in_block = name.startswith('backbone.stages.') and name.endswith(
+                ('.norm1', '.norm2', '.attn.norm'))
+            assert m.eps == (1e-5 if in_block else 1e-6), name
+    if arch == 'swin':
         assert model.backbone.stages[0].downsample.norm.eps == 1e-6
 
 
@@ -405,9 +409,11 @@ def official_swin_forward(sd, x, depths=(2, 2, 2, 2), heads=(2, 2, 4, 4),
     its layout: LN-normalised conv stem; blocks of (shifted) window
     attention whose bias is ``posmlp(sign(d) ln(1 + |d|))`` with ``d`` = key
     minus query position and -100 between regions of a shifted window;
-    LN + 2x2 conv merging; LayerNorm eps 1e-6. Returns (B, C, h, w)."""
-    ln = lambda t, n: F.layer_norm(  # noqa: E731
-        t, t.shape[-1:], sd[f'{n}.weight'], sd[f'{n}.bias'], 1e-6)
+    LN + 2x2 conv merging; LayerNorm eps 1e-6, but 1e-5 in the blocks'
+    norm1 / norm2 (built without the model's ``norm_layer``). Returns
+    (B, C, h, w)."""
+    ln = lambda t, n, eps=1e-6: F.layer_norm(  # noqa: E731
+        t, t.shape[-1:], sd[f'{n}.weight'], sd[f'{n}.bias'], eps)
     lin = lambda t, n: F.linear(t, sd[f'{n}.weight'], sd[f'{n}.bias'])  # noqa
     x = F.conv2d(x, sd['patch_embed.proj.weight'], sd['patch_embed.proj.bias'],
                  stride=4)
@@ -426,7 +432,7 @@ def official_swin_forward(sd, x, depths=(2, 2, 2, 2), heads=(2, 2, 4, 4),
                 x = x.flatten(2).transpose(1, 2)
             win = min(window, H)
             shift = win // 2 if j % 2 and H > window else 0
-            t = ln(x, f'{b}.norm1').view(B, H, W, C)
+            t = ln(x, f'{b}.norm1', 1e-5).view(B, H, W, C)
             t = torch.roll(t, (-shift, -shift), (1, 2))
             # region of each (rolled) row/column: 0 | 1 | 2 as in Swin
             r = torch.arange(H)
@@ -463,8 +469,8 @@ def official_swin_forward(sd, x, depths=(2, 2, 2, 2), heads=(2, 2, 4, 4),
             y = y.view(B, nw, nw, win, win, C).permute(0, 1, 3, 2, 4, 5)
             y = torch.roll(y.reshape(B, H, W, C), (shift, shift), (1, 2))
             x = x + y.reshape(B, H * W, C)
-            x = x + lin(F.gelu(lin(ln(x, f'{b}.norm2'), f'{b}.mlp.fc1')),
-                        f'{b}.mlp.fc2')
+            x = x + lin(F.gelu(lin(ln(x, f'{b}.norm2', 1e-5),
+                                   f'{b}.mlp.fc1')), f'{b}.mlp.fc2')
             k += 1
     return ln(x, 'norm').transpose(1, 2).reshape(B, C, H, W)
 

@@ -120,13 +120,22 @@ def test_overfit_one_batch_and_load_into_svt_and_mmdet(tmp_path):
     path = str(tmp_path / 'greenmim_twins.pth')
     torch.save({'state_dict': model.state_dict()}, path)
     backbone = _backbone_state(path)
-    svt = SVT(arch=TINY, norm_after_stage=[False, False, False, True])
+    layout = dict(arch=TINY, qkv_bias=True, norm_cfg=dict(type='LN', eps=1e-6),
+                  norm_after_stage=[False, False, False, True])
+    svt = SVT(**layout)
     svt.load_state_dict(backbone, strict=True)
     model.eval()
     svt.eval()
-    with torch.no_grad():  # same modules, same dense forward
-        ref = model.backbone(imgs)[-1]
-        torch.testing.assert_close(svt(imgs)[-1], ref)
+    with torch.no_grad():
+        ref = model.backbone(imgs)[-1]  # the released PEG: no residual
+        # SVT adds the PEG's input back: same weights, another function
+        assert not torch.allclose(svt(imgs)[-1], ref, atol=1e-2)
+        # a GreenTwins with the released PEG keeps the pre-trained function
+        keep = MODELS.build(dict(type='mmum.GreenTwins', peg_residual=False,
+                                 **layout))
+        keep.load_state_dict(backbone, strict=True)
+        torch.testing.assert_close(keep.eval()(imgs)[-1], ref)
+        ref = svt(imgs)[-1]
 
     # the mmdet Mask R-CNN config's backbone: strict load, and its own
     # init_cfg (Pretrained, prefix 'backbone.') gives the same network
@@ -143,7 +152,7 @@ def test_overfit_one_batch_and_load_into_svt_and_mmdet(tmp_path):
     with torch.no_grad():
         outs = det(imgs)
     assert len(outs) == 4
-    torch.testing.assert_close(outs[-1], ref)
+    torch.testing.assert_close(outs[-1], ref)  # = mmpretrain's SVT
 
 
 def test_simmim_baseline_config_runs():
@@ -172,9 +181,9 @@ def test_simmim_baseline_config_runs():
     loss.backward()
     state = {k: v for k, v in model.backbone.state_dict().items()
              if k != 'mask_token'}
-    SVT(arch=m.backbone.arch, norm_after_stage=[False, False, False,
-                                                True]).load_state_dict(
-                                                    state, strict=True)
+    SVT(arch=m.backbone.arch, qkv_bias=True,  # twins_l_layout's
+        norm_after_stage=[False, False, False, True]).load_state_dict(
+            state, strict=True)
 
 
 def test_layer_depth_for_layer_decay():
@@ -220,7 +229,8 @@ def test_benchmark_rows_tiny():
 def test_paper_configs_build_and_run_full_size():
     """Twins-L at 224 px: the GreenMIM loss runs, the first block sees the
     visible quarter (12 of 49 units), the weights load strictly into SVT-L
-    and, all visible, the encoder equals it."""
+    and, all visible, the encoder equals its own dense forward (SVT's with
+    the released PEG, no residual)."""
     cfg = Config.fromfile(CFG)
     model = MODELS.build(cfg.model)
     model.init_weights()
@@ -232,11 +242,11 @@ def test_paper_configs_build_and_run_full_size():
     loss = model.loss(imgs, _samples(1))['loss']
     hook.remove()
     assert torch.isfinite(loss) and seen == [12 * 64]
-    svt = SVT(arch='large', norm_after_stage=[False, False, False, True])
+    svt = SVT(arch='large', qkv_bias=True,
+              norm_after_stage=[False, False, False, True])
     svt.load_state_dict(model.backbone.state_dict(), strict=True)
-    svt.eval()
     model.eval()
     with torch.no_grad():
         ours = model.backbone(imgs, torch.zeros(7, 7, dtype=torch.bool))[-1]
-        ref = svt(imgs)[-1].flatten(2).transpose(1, 2)
+        ref = model.backbone(imgs)[-1].flatten(2).transpose(1, 2)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)

@@ -55,7 +55,7 @@ def test_us_positions_vary():
     assert len({tuple(i.tolist()) for i in ids}) == 4
 
 
-@pytest.mark.parametrize('ratio,k', [(0.15, 2), (0.25, 4), (0.35, 6)])
+@pytest.mark.parametrize('ratio,k', [(0.15, 3), (0.25, 4), (0.35, 6)])
 def test_um_secondary_tokens(ratio, k):
     torch.manual_seed(0)
     model = vit('UM', secondary_ratio=ratio)

@@ -26,9 +26,26 @@ def test_one_visible_per_cell_and_secondary_count(sampling, size):
         assert (cells(1 - mask).sum(-1) == 1).all()
         n_visible = (size // 32)**2
         assert (mask == 0).sum() == n_visible
-        assert sec.sum() == round(n_visible * 0.25)
+        # the release keeps int(0.75 n) (rounded down), masks the rest
+        assert sec.sum() == n_visible - int(n_visible * 0.75)
         # secondary-masked patches are visible ones
         assert not (sec.astype(bool) & mask.astype(bool)).any()
+
+
+# (side px, cells n, secondary count n - floor(0.75 n)) worked out by hand
+@pytest.mark.parametrize('size,n,k', [(192, 36, 9), (224, 49, 13),
+                                      (256, 64, 16), (288, 81, 21),
+                                      (320, 100, 25), (384, 144, 36),
+                                      (448, 196, 49), (512, 256, 64)])
+def test_secondary_count_as_released(size, n, k):
+    """The release keeps ``int(n * (1 - 0.25))`` of the n visible patches
+    (UM-MAE Swin/PVT ``forward_encoder``): at 224 px 49 - 36 = 13, where
+    ``round(0.25 * 49)`` would give 12."""
+    t = UniformMasking()
+    assert t.num_secondary(n) == k
+    for r in draw(t, size, n=3):
+        assert (r['mask'] == 0).sum() == n
+        assert r['secondary_mask'].sum() == k
 
 
 def test_counts_at_256():

@@ -3,7 +3,12 @@
 # wd 0.05) with the Twins-L layer decay 0.9 and drop path 0.2.
 # mmum.GreenTwins without a mask *is* mmpretrain's SVT, plus the
 # `get_layer_depth` that layer-wise lr decay needs; GreenMIM checkpoints
-# load into it strictly by their `backbone.` prefix.
+# load into it strictly by their `backbone.` prefix. Its PEG adds the input
+# back (Twins / SVT), where the released GreenMIM Twins-L (and
+# configs/green_mim/twins_l_800e.py) pre-trains without that residual: the
+# weights are a starting point, not the pre-trained function. Set
+# `model.backbone.peg_residual=False` to fine-tune the pre-trained function
+# itself (docs/green_mim.md).
 #   tools/dist_train.sh configs/finetune/green_mim_twins_l_100e.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=PRETRAIN.pth
 _base_ = './green_mim_swin_b_100e.py'

@@ -10,9 +10,17 @@
 # Its weights are plain mmpretrain SVT weights (same `norm_after_stage`).
 _base_ = './swin_b_800e.py'
 
+# As the released `green_mim_twins_large_patch4_dec512b1`: qkv biases and
+# LayerNorm eps 1e-6 (twins_l_layout), its initialisation, and its position
+# encoding generator without the residual (the depth-wise convolution alone;
+# Twins / SVT add the input back): see docs/green_mim.md for the choice.
+# Released Twins-L checkpoints, imported with
+# tools/model_converters/green_mim_official_to_mmum.py, load strictly into
+# this config and compute the released encoder.
 model = dict(
     backbone=dict(
         _base_.twins_l_layout, _delete_=True, type='mmum.GreenTwins',
         drop_path_rate=0.0,
-        init_cfg=None),  # SVT's own init (trunc-normal Linear, fan-out conv)
+        peg_residual=False,
+        init_cfg=dict(type='mmum.GreenMIMTwinsInit')),
     neck=dict(embed_dim=1024))  # Twins-L stage-4 width

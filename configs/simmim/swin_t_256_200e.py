@@ -39,7 +39,7 @@ model = dict(
         img_size=256,
         drop_path_rate=0.0,
         stage_cfgs=dict(
-            block_cfgs=dict(window_size=8, norm_cfg=_base_.ln),
+            block_cfgs=dict(window_size=8, norm_cfg=_base_.block_ln),
             downsample_cfg=dict(norm_cfg=_base_.ln))),
     neck=dict(type='SimMIMLinearDecoder', in_channels=768, encoder_stride=32),
     head=dict(

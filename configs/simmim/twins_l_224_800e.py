@@ -30,7 +30,9 @@ model = dict(
         std=[58.395, 57.12, 57.375],
         to_rgb=True),
     backbone=dict(
-        _base_.twins_l_layout, type='mmum.SimMIMSVT', drop_path_rate=0.0),
+        # GreenMIM Twins-L's architecture, its PEG without residual included
+        _base_.twins_l_layout, type='mmum.SimMIMSVT', drop_path_rate=0.0,
+        peg_residual=False),
     neck=dict(
         type='mmpretrain.SimMIMLinearDecoder',
         in_channels=1024,

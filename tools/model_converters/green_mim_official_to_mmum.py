@@ -1,4 +1,5 @@
-"""Import a released GreenMIM (Swin) checkpoint into mmum or mmpretrain.
+"""Import a released GreenMIM (Swin or Twins) checkpoint into mmum or
+mmpretrain.
 
     python tools/model_converters/green_mim_official_to_mmum.py SRC DST
     python tools/model_converters/green_mim_official_to_mmum.py SRC DST \\
@@ -17,6 +18,11 @@ accepted too). ``DST`` gets ``{'state_dict': ..., 'meta': {...}}``:
 
 The script prints what it converted and the model settings the weights need,
 and refuses (naming the keys) a checkpoint of another architecture.
+
+A released Twins-L checkpoint (``pos_block`` keys) goes to an mmum
+``GreenMIM`` with ``GreenTwins`` (``configs/green_mim/twins_l_800e.py``) or,
+with ``--backbone-only``, to an mmpretrain ``SVT`` state dict; its key
+mapping is in ``mmum/utils/released_twins.py``.
 
 Layout (``E`` = ``encoder.``, ``s`` stage, ``b`` block, ``i`` decoder block):
 
@@ -71,6 +77,9 @@ import torch
 
 from mmum.utils.released import (TIMM_SWIN_BLOCK, TIMM_VIT_BLOCK,
                                  load_released)
+from mmum.utils.released_twins import (model_settings, official_twins_to_mmum,
+                                       official_twins_to_svt, twins_prefix,
+                                       twins_summary)
 
 LN_EPS = 1e-6  # every LayerNorm of the released models
 DECODER_HEADS = 16  # released decoders (not stored in the weights)
@@ -289,6 +298,8 @@ def main():
                         'instead of an mmum GreenMIM one')
     args = parser.parse_args()
     sd, _ = load_released(args.src)
+    if twins_prefix(sd) is not None:
+        return convert_twins(args, sd)
     if args.backbone_only:
         out, settings = official_to_swin(sd)
         target, load = ('mmpretrain SwinTransformer',
@@ -304,6 +315,29 @@ def main():
     print(f'wrote {args.dst}: {len(out)} {target} tensors from {len(sd)} '
           'released ones')
     for line in summary(sd, args.backbone_only):
+        print('  ' + line)
+    print(f'the model needs\n  {settings}\nload it with {load}')
+
+
+def convert_twins(args, sd: Dict[str, torch.Tensor]) -> None:
+    """The CLI for a released Twins checkpoint (``released_twins.py``)."""
+    if args.backbone_only:
+        out, arch = official_twins_to_svt(sd)
+        settings = model_settings(arch, 'mmpretrain.SVT')
+        target = 'mmpretrain SVT (no prefix)'
+        load = f"init_cfg=dict(type='Pretrained', checkpoint='{args.dst}')"
+    else:
+        out, settings = official_twins_to_mmum(sd)
+        target = 'mmum GreenMIM (GreenTwins)'
+        load = (f"load_from='{args.dst}' with "
+                'configs/green_mim/twins_l_800e.py')
+    torch.save({'state_dict': out,
+                'meta': dict(source=args.src,
+                             converted_from='green_mim_official_twins',
+                             target=target)}, args.dst)
+    print(f'wrote {args.dst}: {len(out)} {target} tensors from {len(sd)} '
+          'released ones')
+    for line in twins_summary(sd, args.backbone_only):
         print('  ' + line)
     print(f'the model needs\n  {settings}\nload it with {load}')
 

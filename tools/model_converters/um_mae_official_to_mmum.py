@@ -72,8 +72,9 @@ Assumptions and exact rewrites:
 Both directions are implemented (:func:`official_to_mmum`,
 :func:`mmum_to_official`); official -> mmum -> official is the identity but
 for the dropped output bias (**). The official model uses LayerNorm eps 1e-6
-everywhere but in PVT's key/value norm (1e-5); mmum's configs do the same
-(including the Swin patch-merging norm).
+in the patch embedding, patch merging, final norm and decoder, and 1e-5
+(PyTorch's default) in the encoder blocks' norm1 / norm2 and PVT's key/value
+norm; mmum's configs do the same (configs/_base_/models/encoder_layouts.py).
 """
 import argparse
 import math

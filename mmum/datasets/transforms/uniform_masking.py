@@ -14,8 +14,12 @@ class UniformMasking(BaseTransform):
     2x2 cells. *Uniform Sampling* keeps exactly one patch of every cell
     visible and drops the other three (75%). *Secondary Masking* then picks a
     fixed share of the visible patches to be replaced by a learnable mask
-    token in the encoder; the count depends only on the image size (at 256 px:
-    64 visible patches, 16 of them secondary-masked).
+    token in the encoder; the count depends only on the image size and
+    follows the release (``forward_encoder`` of the UM-MAE Swin / PVT
+    models): of ``n`` visible patches (one per cell),
+    ``n - int(n * (1 - secondary_ratio))`` get the mask token, i.e. the kept
+    count is rounded down. At 256 px: 64 visible, 16 secondary-masked; at
+    224 px: 49 visible, ``49 - int(0.75 * 49) = 13`` secondary-masked.
 
     Added keys (both ``(H/p, W/p)`` uint8 arrays, packed by ``PackInputs``;
     pass ``algorithm_keys=['secondary_mask']`` for the second one):
@@ -47,7 +51,8 @@ class UniformMasking(BaseTransform):
               arrangement (std 0 at 256 px). Not the released behaviour.
 
             The secondary mask is the same for all three: a uniformly random
-            subset of ``round(n * secondary_ratio)`` of the visible patches.
+            subset of ``n - int(n * (1 - secondary_ratio))`` of the visible
+            patches.
     """
 
     SAMPLINGS = ('released', 'iid', 'balanced')
@@ -94,7 +99,10 @@ class UniformMasking(BaseTransform):
         return base * 2**max(0, round(math.log2(max(side, 1) / base)))
 
     def num_secondary(self, num_visible: int) -> int:
-        return int(round(num_visible * self.secondary_ratio))
+        """Count of visible patches given the mask token: the release keeps
+        ``int(num_visible * (1 - secondary_ratio))`` (rounded down) and masks
+        the rest, e.g. 13 of 49 at 224 px, 16 of 64 at 256 px."""
+        return num_visible - int(num_visible * (1. - self.secondary_ratio))
 
     def sample(self, h: int, w: int) -> tuple:
         """Draw ``(mask, secondary_mask)`` for an ``h x w`` patch grid."""
@@ -125,8 +133,8 @@ class UniformMasking(BaseTransform):
             raise ValueError(
                 f'secondary_ratio={self.secondary_ratio} gives the mask token'
                 f' to all {n} visible patches of a {h}x{w} grid, so the '
-                'encoder would see no pixel; lower it (round(n * ratio) must '
-                'be < n) or use larger images')
+                'encoder would see no pixel; lower it (int(n * (1 - ratio)) '
+                'must be > 0) or use larger images')
         secondary = np.zeros(n, dtype=np.uint8)
         secondary[np.random.permutation(n)[:k]] = 1
         # cells are ordered row-major, like the visible patches

@@ -23,8 +23,9 @@ class CPBSwinTransformer(SwinTransformer):
     The defaults give mmpretrain's layout (an option). mmum's UM-MAE,
     SimMIM-Swin, fine-tuning, mmdet and mmseg configs use the released
     UM-MAE layout: ``patch_merging='conv'``, ``cpb_hidden_dims`` 32 (Tiny) /
-    64 (Large) and LayerNorm eps 1e-6 through ``norm_cfg``, ``patch_cfg``
-    and ``stage_cfgs`` (``block_cfgs`` and ``downsample_cfg``).
+    64 (Large) and the release's LayerNorm eps: 1e-6 through ``norm_cfg``,
+    ``patch_cfg`` and ``stage_cfgs.downsample_cfg``, 1e-5 (PyTorch's
+    default, as the released blocks) through ``stage_cfgs.block_cfgs``.
 
     Args:
         cpb_hidden_dims (int): Width of the bias MLP. Defaults to 256.

@@ -16,9 +16,11 @@ positions, shared by the batch. Per stage (paper §3.2):
   keys / values come from the spatial-reduction convolution (kernel = stride
   = ``sr_ratio``) evaluated sparsely at the cells that hold visible tokens,
   i.e. from the visible units only;
-- the position-encoding generator (PEG, a depth-wise 3x3 convolution plus
-  the input, after a stage's first block) is a submanifold convolution whose
-  masked neighbours count as zero.
+- the position-encoding generator (PEG, a depth-wise 3x3 convolution after
+  a stage's first block) is a submanifold convolution whose masked
+  neighbours count as zero. Twins / CPVT add its input back
+  (``peg_residual=True``, ``SVT``'s); the released GreenMIM Twins returns
+  the convolution alone (``peg_residual=False``, docs/green_mim.md).
 
 Every operation equals its dense counterpart on the zero-filled map read at
 the visible sites, restricted to visible keys (tests/test_green_twins.py).
@@ -29,9 +31,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
 from torch.utils.checkpoint import checkpoint
 from mmpretrain.models import SVT
 from mmpretrain.models.backbones.twins import LSAEncoderLayer
+from mmpretrain.models.utils import ConditionalPositionEncoding
 
 from mmum.registry import MODELS
 from ..layers.group_window_attention import (build_group_plan,
@@ -94,15 +98,53 @@ def sparse_gsa(attn, x: torch.Tensor,
     return attn.out_drop(attn.proj_drop(out))
 
 
+class PEGWithoutResidual(ConditionalPositionEncoding):
+    """The released GreenMIM Twins' PEG: the depth-wise 3x3 convolution of
+    the tokens, without adding them back (same parameters ``proj.*``)."""
+
+    def forward(self, x, hw_shape):
+        B, N, C = x.shape
+        x = self.proj(x.transpose(1, 2).reshape(B, C, *hw_shape))
+        return x.flatten(2).transpose(1, 2)
+
+
+def use_released_twins_parts(model: SVT, norm_cfg: Optional[dict],
+                             peg_residual: bool) -> None:
+    """Give an ``SVT`` (in place) ``norm_cfg`` in its patch-embedding
+    norms (``SVT`` hard-codes ``dict(type='LN')`` there) and, with
+    ``peg_residual=False``, the released GreenMIM PEG without residual.
+    Parameters and their names are unchanged."""
+    if not isinstance(peg_residual, bool):
+        raise ValueError(
+            'peg_residual must be True (Twins / SVT) or False (released '
+            f'GreenMIM), got {peg_residual!r}')
+    if not peg_residual:
+        for i, peg in enumerate(model.position_encodings):
+            model.position_encodings[i] = PEGWithoutResidual(
+                peg.proj.in_channels, peg.proj.out_channels)
+    if norm_cfg is not None:
+        for embed in model.patch_embeds:
+            dims = embed.norm.normalized_shape[0]
+            embed.norm = build_norm_layer(norm_cfg, dims)[1]
+
+
 @MODELS.register_module()
 class GreenTwins(SVT):
     """Visible-only Twins-SVT encoder for GreenMIM.
 
     Args:
         arch, in_channels, out_indices, qkv_bias, drop_rate, attn_drop_rate,
-        drop_path_rate, norm_cfg, norm_after_stage, init_cfg: as in
-        mmpretrain's ``SVT``. The patch sizes must equal the strides
-        (non-overlapping patch embeddings, true for every SVT arch).
+        drop_path_rate, norm_after_stage, init_cfg: as in mmpretrain's
+        ``SVT``. The patch sizes must equal the strides (non-overlapping
+        patch embeddings, true for every SVT arch).
+        norm_cfg (dict): Every norm: blocks, stage norms and, unlike
+            ``SVT`` (which hard-codes ``dict(type='LN')`` there), the patch
+            embeddings' norms. Defaults to ``dict(type='LN')``; the
+            released GreenMIM Twins-L uses eps 1e-6 everywhere.
+        peg_residual (bool): Whether the PEG adds its input back, as Twins /
+            CPVT / ``SVT`` do (True, default); False is the released
+            GreenMIM Twins (the convolution alone), in both the visible-only
+            and the dense forward. The weights are the same either way.
         with_cp (bool): Activation checkpointing of every block on the
             visible-token (pre-training) path: the block is recomputed in
             the backward instead of saving its activations. ``SVT`` has no
@@ -121,11 +163,14 @@ class GreenTwins(SVT):
                  norm_cfg=dict(type='LN'),
                  norm_after_stage=False,
                  with_cp=False,
+                 peg_residual=True,
                  init_cfg=None):
         super().__init__(arch, in_channels, out_indices, qkv_bias, drop_rate,
                          attn_drop_rate, drop_path_rate, norm_cfg,
                          norm_after_stage, init_cfg)
         self.with_cp = with_cp
+        use_released_twins_parts(self, norm_cfg, peg_residual)
+        self.peg_residual = peg_residual
         if list(self.patch_sizes) != list(self.strides):
             raise ValueError(f'GreenTwins needs patch_sizes == strides '
                              f'(non-overlapping patch embeddings), got '
@@ -276,11 +321,12 @@ class GreenTwins(SVT):
                 x = checkpoint(block, blk, x, use_reentrant=False)
             else:
                 x = block(blk, x)
-            if j == 0:  # PEG: x + depth-wise 3x3 conv of the sparse map
+            if j == 0:  # PEG: depth-wise 3x3 conv of the sparse map (+ x)
                 peg = self.position_encodings[i].proj
-                x = x + submanifold_dwconv3x3(x, neighbours, peg.weight,
-                                              peg.bias)
+                y = submanifold_dwconv3x3(x, neighbours, peg.weight, peg.bias)
+                x = x + y if self.peg_residual else y
         return x, coords, hw
 
 
-__all__ = ['GreenTwins', 'grouped_lsa', 'sparse_gsa']
+__all__ = ['GreenTwins', 'PEGWithoutResidual', 'use_released_twins_parts',
+           'grouped_lsa', 'sparse_gsa']

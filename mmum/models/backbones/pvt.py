@@ -6,6 +6,8 @@ input stage only, and the spatial-reduction window (SRW) that shrinks keys
 and values is an average pooling followed by a 1x1 projection (PVTv2). The
 pooling has no weights, so the same weights run with reduction ratios
 {4, 2, 1, 1} on UM-MAE's compact input and {8, 4, 2, 1} at fine-tuning.
+LayerNorm eps as the release (``mae_pvt_small_256``): 1e-5 in the blocks'
+``norm1`` / ``norm2`` and the key/value norm, 1e-6 in the output norms.
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
@@ -32,9 +34,9 @@ class SRAttention(BaseModule):
     """Global attention whose keys/values come from a pooled map.
 
     ``pool`` x ``pool`` windows of the map are averaged, projected (1x1
-    conv) and normalised before the key/value projection. The projection
-    and norm exist for every ratio (also 1), so changing the ratio never
-    changes the weights.
+    conv) and normalised (LayerNorm, eps 1e-5 as released) before the
+    key/value projection. The projection and norm exist for every ratio
+    (also 1), so changing the ratio never changes the weights.
     """
 
     def __init__(self, embed_dims: int, num_heads: int, qkv_bias: bool = True,
@@ -80,7 +82,7 @@ class PVTBlock(BaseModule):
     def __init__(self, embed_dims: int, num_heads: int, mlp_ratio: float,
                  drop_path: float = 0., qkv_bias: bool = True,
                  drop_rate: float = 0., attn_drop_rate: float = 0.,
-                 norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 norm_cfg: dict = dict(type='LN', eps=1e-5),
                  with_cp: bool = False) -> None:
         super().__init__()
         self.with_cp = with_cp
@@ -196,8 +198,13 @@ class PVT(BaseModule):
             attention projection and the MLP. Defaults to 0.
         attn_drop_rate (float): Dropout on the attention weights.
             Defaults to 0.
-        norm_cfg (dict): Norm of the blocks and of the output maps.
-            Defaults to ``dict(type='LN', eps=1e-6)`` (UM-MAE's).
+        norm_cfg (dict): Norm of the output maps (``norm{i}``). Defaults to
+            ``dict(type='LN', eps=1e-6)`` (UM-MAE's ``norm_layer``).
+        block_norm_cfg (dict): Norm of the blocks (``norm1``, ``norm2``).
+            Defaults to ``dict(type='LN', eps=1e-5)``: the release builds
+            its blocks without its ``norm_layer``, so they have PyTorch's
+            default eps. (``PCPVT``'s ``norm_cfg`` sets both; here set both
+            arguments.)
         norm_after_stage (bool): ``PCPVT``'s option to normalise the tokens
             passed on to the next stage; only False (PVTv1: each returned map
             has its own output norm ``norm{i}``, the next stage gets the
@@ -243,6 +250,7 @@ class PVT(BaseModule):
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 block_norm_cfg: dict = dict(type='LN', eps=1e-5),
                  norm_after_stage: bool = False,
                  with_cp: bool = False,
                  norm_eval: bool = False,
@@ -293,8 +301,8 @@ class PVT(BaseModule):
                          arch['mlp_ratios'][i],
                          dpr[sum(self.depths[:i]):sum(self.depths[:i + 1])],
                          qkv_bias=qkv_bias, drop_rate=drop_rate,
-                         attn_drop_rate=attn_drop_rate, norm_cfg=norm_cfg,
-                         with_cp=with_cp))
+                         attn_drop_rate=attn_drop_rate,
+                         norm_cfg=block_norm_cfg, with_cp=with_cp))
         for i in self.out_indices:
             self.add_module(f'norm{i}',
                             build_norm_layer(norm_cfg, self.embed_dims[i])[1])

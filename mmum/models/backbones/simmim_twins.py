@@ -4,6 +4,7 @@ import torch
 from mmpretrain.models import SVT
 
 from mmum.registry import MODELS
+from .green_twins import use_released_twins_parts
 from .pvt import SimMIMMaskToken, replace_with_mask_token
 
 
@@ -19,7 +20,17 @@ class SimMIMSVT(SimMIMMaskToken, SVT):
     any grid that tiles the stride-4 tokens (mmpretrain's
     ``SimMIMMaskGenerator`` with ``model_patch_size=4``). Returns SVT's
     dense maps (B, C_i, H_i, W_i) per ``out_indices``.
+
+    As :class:`GreenTwins`, ``norm_cfg`` also sets the patch-embedding norms
+    and ``peg_residual=False`` gives the released GreenMIM PEG (no
+    residual), so the baseline can share GreenMIM Twins-L's architecture.
     """
+
+    def __init__(self, *args, peg_residual: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        norm_cfg = args[7] if len(args) > 7 else kwargs.get(
+            'norm_cfg', dict(type='LN'))  # SVT's 8th argument
+        use_released_twins_parts(self, norm_cfg, peg_residual)
 
     def forward(self, x: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> tuple:

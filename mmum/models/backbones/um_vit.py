@@ -29,7 +29,9 @@ class UMViT(MAEViT):
         sampling (str): One of ``'RS'``, ``'GS'``, ``'US'``, ``'UM'``.
             Defaults to ``'UM'``.
         secondary_ratio (float): Share of sampled patches given the mask
-            token, ``'UM'`` only (paper: 0.15, 0.25, 0.35). Defaults to 0.25.
+            token, ``'UM'`` only (paper: 0.15, 0.25, 0.35); of ``n`` sampled
+            patches ``n - int(n * (1 - secondary_ratio))`` get it, as in
+            the release. Defaults to 0.25.
         **kwargs: Arguments of mmpretrain's ``MAEViT``.
     """
 
@@ -124,12 +126,13 @@ class UMViT(MAEViT):
         x = (x + pos).gather(1, index)  # B, n, C
         if self.sampling == 'UM':
             n = ids_keep.shape[1]
-            k = int(round(n * self.secondary_ratio))
+            # the release keeps int(n * (1 - ratio)) (models_mae.py)
+            k = n - int(n * (1. - self.secondary_ratio))
             if k == n:
                 raise ValueError(
                     f'secondary_ratio={self.secondary_ratio} gives the mask '
                     f'token to all {n} sampled patches; the encoder would '
-                    'see no pixel (round(n * ratio) must be < n)')
+                    'see no pixel (int(n * (1 - ratio)) must be > 0)')
             secondary = torch.zeros(B, n, 1, dtype=torch.bool,
                                     device=x.device)
             secondary[torch.arange(B).view(-1, 1),
