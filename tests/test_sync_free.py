@@ -1,0 +1,130 @@
+"""A training step of each pre-training method never makes the host wait
+for the device (issue 25, Deliver 2), shown without a GPU.
+
+Each method's config is built with a tiny encoder, the model is moved to the
+``meta`` device (the stand-in for the GPU), a batch comes from the config's
+own pipeline (after image loading), ``default_collate`` and the dataloader's
+pinning (``pin_memory=True`` in the configs), and ``train_step`` runs under
+:func:`_sync_count.count_syncs`: data preprocessor, forward, loss,
+backward and the optimizer step. Allowed are only the data preprocessor's
+non-blocking copies of the batch from pinned memory (the images and one
+batched tensor per mask field); every sync is listed in the failure message
+with the line that caused it.
+"""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.dataset import default_collate
+from mmengine.optim import OptimWrapper
+from mmengine.registry import init_default_scope
+from mmpretrain.registry import MODELS, TRANSFORMS
+from torch.utils.data._utils.pin_memory import pin_memory
+
+import mmum  # noqa: F401
+from _sync_count import count_syncs
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+SWIN_TINY = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
+PVT_TINY = dict(embed_dims=[32, 32, 64, 64], depths=[1, 1, 2, 1],
+                num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
+VIT_TINY = dict(embed_dims=32, num_layers=4, num_heads=2,
+                feedforward_channels=64)
+
+
+def _um_mae(cfg, arch):
+    cfg.model.backbone.arch = arch
+    cfg.model.neck.update(embed_dim=256 if arch is SWIN_TINY else 64,
+                          decoder_embed_dim=32, decoder_num_heads=2)
+
+
+def _simmim(cfg):
+    cfg.model.backbone.arch = SWIN_TINY
+    cfg.model.neck.in_channels = 256
+
+
+def _local_mim_vit(cfg):
+    cfg.model.backbone.update(arch=VIT_TINY, out_indices=(0, 1, 2, 3))
+    cfg.model.neck.update(embed_dims=16, num_heads=2)
+
+
+def _local_mim_swin(cfg):
+    cfg.model.backbone.arch = SWIN_TINY
+    cfg.model.neck.update(embed_dims=16, num_heads=2)
+
+
+# method -> (config, shrink to a tiny encoder)
+METHODS = {
+    'um_mae_swin_t': ('configs/um_mae/swin_t_200e.py',
+                      lambda c: _um_mae(c, SWIN_TINY)),
+    'um_mae_pvt_s': ('configs/um_mae/pvt_s_200e.py',
+                     lambda c: _um_mae(c, PVT_TINY)),
+    'simmim_swin_t': ('configs/simmim/swin_t_256_200e.py', _simmim),
+    'local_mim_vit': ('configs/vitfreeze/local_mim_vit_b_100e.py',
+                      _local_mim_vit),
+    'vitfreeze_vit': ('configs/vitfreeze/vit_b_100e.py', _local_mim_vit),
+    'vitfreeze_swin_t': ('configs/vitfreeze/swin_t_100e.py',
+                         _local_mim_swin),
+}
+
+
+def tiny_config(method):
+    path, shrink = METHODS[method]
+    cfg = Config.fromfile(path)
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    shrink(cfg)
+    return cfg
+
+
+def build_meta_model(cfg):
+    """The config's model as the Runner builds it (top-level
+    ``data_preprocessor`` merged), on the ``meta`` device."""
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
+    model = MODELS.build(model_cfg)
+    return model.to('meta')
+
+
+def pipeline_batch(cfg, batch_size=2, seed=0):
+    """A batch as the config's dataloader gives it: pipeline (after
+    loading), collate, and pinning if the config asks for it."""
+    rng = np.random.default_rng(seed)
+    transforms = [TRANSFORMS.build(t)
+                  for t in cfg.train_dataloader.dataset.pipeline[1:]]
+    samples = []
+    for _ in range(batch_size):
+        img = rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)
+        results = dict(img=img, img_shape=img.shape[:2],
+                       ori_shape=img.shape[:2])
+        for t in transforms:
+            results = t(results)
+        samples.append(results)
+    batch = default_collate(samples)
+    if cfg.train_dataloader.get('pin_memory'):
+        batch = pin_memory(batch)  # the dataloader's pinning thread
+    return batch
+
+
+def train_step_log(method, batch_size=2):
+    """The :class:`SyncLog` of one ``train_step`` of ``method`` on meta."""
+    cfg = tiny_config(method)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    model = build_meta_model(cfg)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optim_wrapper = OptimWrapper(optimizer)
+    with count_syncs() as log:
+        batch = pipeline_batch(cfg, batch_size)
+        model.train_step(batch, optim_wrapper)
+    return log
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_train_step_has_no_sync(method):
+    log = train_step_log(method)
+    print(method, log.counts(), len(log.transfers))
+    print(log.report())
