@@ -31,6 +31,10 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 SWIN_TINY = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
 PVT_TINY = dict(embed_dims=[32, 32, 64, 64], depths=[1, 1, 2, 1],
                 num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
+TWINS_TINY = dict(embed_dims=[32, 32, 64, 64], depths=[1, 1, 2, 1],
+                  num_heads=[1, 2, 2, 4], patch_sizes=[4, 2, 2, 2],
+                  strides=[4, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
+                  sr_ratios=[8, 4, 2, 1], window_sizes=[7, 7, 7, 7])
 VIT_TINY = dict(embed_dims=32, num_layers=4, num_heads=2,
                 feedforward_channels=64)
 
@@ -41,9 +45,15 @@ def _um_mae(cfg, arch):
                           decoder_embed_dim=32, decoder_num_heads=2)
 
 
-def _simmim(cfg):
-    cfg.model.backbone.arch = SWIN_TINY
-    cfg.model.neck.in_channels = 256
+def _simmim(cfg, arch=SWIN_TINY, width=256):
+    cfg.model.backbone.arch = arch
+    cfg.model.neck.in_channels = width
+
+
+def _um_vit(cfg):
+    cfg.model.backbone.arch = VIT_TINY
+    cfg.model.neck.update(embed_dim=32, decoder_embed_dim=32,
+                          decoder_depth=1, decoder_num_heads=2)
 
 
 def _local_mim_vit(cfg):
@@ -62,7 +72,12 @@ METHODS = {
                       lambda c: _um_mae(c, SWIN_TINY)),
     'um_mae_pvt_s': ('configs/um_mae/pvt_s_200e.py',
                      lambda c: _um_mae(c, PVT_TINY)),
+    'um_mae_vit_b': ('configs/um_mae/vit_b_200e.py', _um_vit),
     'simmim_swin_t': ('configs/simmim/swin_t_256_200e.py', _simmim),
+    'simmim_pvt_s': ('configs/simmim/pvt_s_256_200e.py',
+                     lambda c: _simmim(c, PVT_TINY, 64)),
+    'simmim_twins_l': ('configs/simmim/twins_l_224_800e.py',
+                       lambda c: _simmim(c, TWINS_TINY, 64)),
     'local_mim_vit': ('configs/vitfreeze/local_mim_vit_b_100e.py',
                       _local_mim_vit),
     'vitfreeze_vit': ('configs/vitfreeze/vit_b_100e.py', _local_mim_vit),
@@ -123,8 +138,18 @@ def train_step_log(method, batch_size=2):
     return log
 
 
+# the data preprocessor's planned copies: the images, then one tensor per
+# mask field (UM-MAE: mask, secondary mask, visible index)
+MASK_FIELDS = dict(um_mae_swin_t=3, um_mae_pvt_s=3, vitfreeze_swin_t=3,
+                   simmim_swin_t=1, simmim_pvt_s=1, simmim_twins_l=1)
+
+
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_train_step_has_no_sync(method):
     log = train_step_log(method)
-    print(method, log.counts(), len(log.transfers))
-    print(log.report())
+    assert not log.syncs, f'{method}: {log.counts()}\n{log.report()}'
+    assert len(log.transfers) == 1 + MASK_FIELDS.get(method, 0), log.report()
+    assert all(t.non_blocking and t.pinned for t in log.transfers)
+    assert all('data_preprocessor.py' in t.where for t in log.transfers)
+    # the images: uint8, batched
+    assert log.transfers[0].shape[:2] == (2, 3), log.report()
