@@ -153,3 +153,17 @@ def test_train_step_has_no_sync(method):
     assert all('data_preprocessor.py' in t.where for t in log.transfers)
     # the images: uint8, batched
     assert log.transfers[0].shape[:2] == (2, 3), log.report()
+
+
+def test_nan_guard_reads_one_flag_for_all_loss_terms():
+    from types import SimpleNamespace
+
+    from mmum.engine.hooks import NaNGuardHook
+    outputs = {k: torch.empty((), device='meta')
+               for k in ('loss', 'loss_56x56', 'loss_28x28', 'loss_7x7')}
+    outputs['acc'] = torch.empty((), device='meta')
+    runner = SimpleNamespace(iter=0, epoch=0)
+    with count_syncs() as log:
+        NaNGuardHook().after_train_iter(runner, 0, outputs=outputs)
+    assert [e.kind for e in log.syncs] == ['item'], log.report()
+    assert not log.transfers
