@@ -109,3 +109,16 @@ def test_log_cpb_table_and_index():
     torch.testing.assert_close(coords, LogCPB.log_coords(3))
     assert CPBWindowMSA(8, 2, window_size=(5, 5)).cpb.tables(5)[1].shape \
         == (25, 25)
+
+
+def test_cpu_inference_takes_the_fused_kernel():
+    """With 4-D inputs (bias included) SDPA runs its fused CPU kernel in
+    every block (the 5-D formulation fell back to the math kernel)."""
+    model = MODELS.build(dict(type='mmum.CPBSwinTransformer', arch=SWIN_TINY,
+                              window_size=4))
+    model.eval()
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        model(torch.randn(2, 3, 64, 64))
+    ops = {e.key: e.count for e in prof.key_averages()}
+    assert ops.get('aten::_scaled_dot_product_flash_attention_for_cpu') == 8
+    assert 'aten::_scaled_dot_product_attention_math' not in ops

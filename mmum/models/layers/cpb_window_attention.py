@@ -172,7 +172,7 @@ class CPBWindowMSA(BaseModule):
                         mask.unsqueeze(1)).flatten(0, 1)
             mask = None
         else:
-            bias = self.cpb(window)[None]  # 1, heads, N, N
+            bias = self.cpb(window)[None]  # 1, heads, N, N (4-D: fused)
         if mask is not None:
             # shifted windows: the nW masks repeat in every image, so the
             # windows of an image go into the head dimension and the mask
@@ -186,8 +186,13 @@ class CPBWindowMSA(BaseModule):
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype),
             dropout_p=self.attn_drop if self.training else 0.)
-        x = x.reshape(B_, self.num_heads, N, -1).transpose(1, 2).reshape(
-            B_, N, C)
+        x = x.reshape(B_, self.num_heads, N, -1).transpose(1, 2)
+        if torch.compiler.is_exporting():
+            # torch.export would record the reshape below as a view of the
+            # fused kernel's output layout, which the ONNX lowering (math
+            # kernel, another layout) cannot honour: copy explicitly there
+            x = x.clone(memory_format=torch.contiguous_format)
+        x = x.reshape(B_, N, C)
         return self.proj_drop(self.proj(x))
 
 
