@@ -16,8 +16,8 @@ from mmengine.registry import init_default_scope
 
 for _extra in ('onnx', 'onnxruntime', 'onnxscript'):
     pytest.importorskip(
-        _extra, reason=f'{_extra} is not installed: ONNX export is tested with '
-        'the test extras (pip install -r requirements/tests.txt)')
+        _extra, reason=f'{_extra} is not installed: ONNX export is tested '
+        'with the test extras (pip install -r requirements/tests.txt)')
 import onnxruntime as ort  # noqa: E402
 
 import mmum  # noqa: F401,E402

@@ -167,3 +167,45 @@ def test_nan_guard_reads_one_flag_for_all_loss_terms():
         NaNGuardHook().after_train_iter(runner, 0, outputs=outputs)
     assert [e.kind for e in log.syncs] == ['item'], log.report()
     assert not log.transfers
+
+
+def um_batch(method='um_mae_swin_t'):
+    cfg = tiny_config(method)
+    model = build_meta_model(cfg)
+    with count_syncs():  # pinning as count_syncs emulates it
+        return model, pipeline_batch(cfg)
+
+
+def test_uniform_mask_is_checked_on_the_host_before_anything_moves():
+    model, batch = um_batch()
+    bad = batch['data_samples'][1]
+    bad.mask = bad.mask.clone()
+    bad.mask[:2, :2] = 0  # four visible patches in the first cell
+    with count_syncs() as log, pytest.raises(
+            ValueError, match=r'sample 1 has 4 in cell \(0, 0\)'):
+        model.data_preprocessor(batch, True)
+    assert not log.syncs and not log.transfers, log.report()
+
+
+def test_masks_arrive_as_rows_of_one_device_tensor_per_field():
+    model, batch = um_batch()
+    before = [sorted(ds.keys()) for ds in batch['data_samples']]
+    with count_syncs():
+        out = model.data_preprocessor(batch, True)
+    # the dataloader's samples keep their host masks
+    assert [sorted(ds.keys()) for ds in batch['data_samples']] == before
+    assert batch['data_samples'][0].mask.device.type == 'cpu'
+    for key in ('mask', 'secondary_mask', 'visible_index'):
+        rows = [ds.get(key) for ds in out['data_samples']]
+        assert all(r.device.type == 'meta' for r in rows)
+        assert rows[0].shape[0] == 16 if key != 'visible_index' else 64
+        base = rows[0]._base
+        assert base is not None and all(r._base is base for r in rows)
+
+
+def test_preprocessor_names_masks_of_different_shapes():
+    model, batch = um_batch('simmim_swin_t')
+    batch['data_samples'][1].mask = batch['data_samples'][1].mask[:-1]
+    with pytest.raises(ValueError, match=r"field 'mask' .* got shapes "
+                       r'\[\(64, 64\), \(63, 64\)\]'):
+        model.data_preprocessor(batch, True)

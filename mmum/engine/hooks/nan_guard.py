@@ -24,10 +24,10 @@ class NaNGuardHook(Hook):
     one host-device sync however many terms there are (the per-term values
     are read only when the flag is bad, for the message). Under DDP the flag
     is all-reduced on its device (one collective; no host copy with NCCL),
-    so all ranks stop together instead of one waiting forever. With ``interval`` > 1 a
-    bad loss is caught up to ``interval - 1`` iterations late (after a
-    checkpoint of a bad state, unless the checkpoint interval is a multiple
-    of ``interval``).
+    so all ranks stop together instead of one waiting forever. With
+    ``interval`` > 1 a bad loss is caught up to ``interval - 1`` iterations
+    late (after a checkpoint of a bad state, unless the checkpoint interval
+    is a multiple of ``interval``).
 
     Args:
         interval (int): Check every ``interval`` iterations. Defaults to 1.

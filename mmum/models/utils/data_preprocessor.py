@@ -66,12 +66,12 @@ class MaskedDataPreprocessor(SelfSupDataPreprocessor):
                     masks[k] = torch.stack(
                         [torch.as_tensor(ds.get(k)) for ds in samples])
                 except (RuntimeError, TypeError) as e:
+                    shapes = [tuple(getattr(ds.get(k), 'shape', ()))
+                              for ds in samples]
                     raise ValueError(
                         f'{type(self).__name__}: data-sample field {k!r} '
                         'must be one array of the same shape in every '
-                        f'sample of the batch; got shapes '
-                        f'{[getattr(ds.get(k), "shape", None) for ds in samples]}'
-                    ) from e
+                        f'sample of the batch; got shapes {shapes}') from e
             masks = self.host_masks(masks)
             # the samples without the masks, so mmengine moves nothing else
             samples = [ds.new() for ds in samples]
