@@ -69,8 +69,8 @@ class _TwoBlocks(torch.nn.Module):
 
 
 def test_cpb_window_attention_exports(tmp_path):
-    """The piece that failed (5-D q/k/v in shifted windows); ~20 s, most of
-    it the exporter's first start."""
+    """The piece that failed (5-D q/k/v in shifted windows); 11-29 s on a
+    busy 2-core machine, most of it the exporter's first start."""
     torch.manual_seed(0)
     x = torch.randn(2, 64, 32)
     want, got = export_and_run(_TwoBlocks(), [x], tmp_path / 'a.onnx')

@@ -139,9 +139,12 @@ def train_step_log(method, batch_size=2):
 
 
 # the data preprocessor's planned copies: the images, then one tensor per
-# mask field (UM-MAE: mask, secondary mask, visible index)
+# mask field (UM-MAE: mask, secondary mask, visible index). A method that
+# plans more on the host (GreenMIM) adds its count here, and in PLANNED_IN the
+# file that moves it if that is not mmum/models/utils/data_preprocessor.py.
 MASK_FIELDS = dict(um_mae_swin_t=3, um_mae_pvt_s=3, vitfreeze_swin_t=3,
                    simmim_swin_t=1, simmim_pvt_s=1, simmim_twins_l=1)
+PLANNED_IN = {}
 
 
 @pytest.mark.parametrize('method', sorted(METHODS))
@@ -150,7 +153,9 @@ def test_train_step_has_no_sync(method):
     assert not log.syncs, f'{method}: {log.counts()}\n{log.report()}'
     assert len(log.transfers) == 1 + MASK_FIELDS.get(method, 0), log.report()
     assert all(t.non_blocking and t.pinned for t in log.transfers)
-    assert all('data_preprocessor.py' in t.where for t in log.transfers)
+    where = PLANNED_IN.get(method, 'data_preprocessor.py')
+    assert all(t.where.startswith(where) for t in log.transfers), \
+        log.report()
     # the images: uint8, batched
     assert log.transfers[0].shape[:2] == (2, 3), log.report()
 
