@@ -175,9 +175,10 @@ class CPBWindowMSA(BaseModule):
             bias = self.cpb(window)[None]  # 1, heads, N, N (4-D: fused)
         if mask is not None:
             # shifted windows: the nW masks repeat in every image, so the
-            # windows of an image go into the head dimension and the mask
-            # broadcasts over the images (4-D for SDPA's fused kernels and
-            # ONNX; folding into the batch would copy the mask B times)
+            # windows of an image go into the head dimension (a copy of q,
+            # k, v) and the mask broadcasts over the images (4-D for SDPA's
+            # fused kernels and ONNX; folding the windows into the batch
+            # would copy the mask B times instead)
             nW = mask.shape[0]
             q, k, v = (t.reshape(B_ // nW, nW * self.num_heads, N, -1)
                        for t in (q, k, v))
