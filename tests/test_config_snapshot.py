@@ -1,6 +1,6 @@
 """Every config resolves to the recipe recorded in
-``tests/data/config_snapshot.json`` (model, optimiser, schedule, train data
-loader, loop, hooks). Moving shared blocks into ``configs/_base_/`` must not
+``tests/data/config_snapshot.json`` (model, data preprocessor, optimiser,
+schedule, train data loader, loop, hooks). Moving shared blocks into ``configs/_base_/`` must not
 change what a config builds; a deliberate recipe change rewrites the
 snapshot with ``python tools/misc/config_snapshot.py --out
 tests/data/config_snapshot.json`` in the same commit."""

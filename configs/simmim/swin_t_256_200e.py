@@ -23,11 +23,14 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+# SimMIM's masks (not uniform): moved in one piece, without the UM-MAE check
+data_preprocessor = dict(type='mmum.MaskedDataPreprocessor')
 
 model = dict(
     type='mmpretrain.SimMIM',
+    # the masks move in one piece, from pinned memory, without blocking
     data_preprocessor=dict(
-        type='SelfSupDataPreprocessor',
+        type='mmum.MaskedDataPreprocessor',
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375],
         to_rgb=True),

@@ -19,13 +19,16 @@ train_pipeline = [
 ]
 train_dataloader = dict(
     dataset=dict(pipeline=train_pipeline),
+    pin_memory=True,
     collate_fn=dict(type='default_collate'))
+data_preprocessor = dict(type='mmum.MaskedDataPreprocessor')
 
 model = dict(
     _delete_=True,
     type='mmpretrain.SimMIM',
+    # the masks move in one piece, from pinned memory, without blocking
     data_preprocessor=dict(
-        type='mmpretrain.SelfSupDataPreprocessor',
+        type='mmum.MaskedDataPreprocessor',
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375],
         to_rgb=True),

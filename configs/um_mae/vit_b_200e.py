@@ -15,8 +15,13 @@ model = dict(
 
 # 8 GPUs x 128 images x 4 accumulation steps = 4096 (paper Table 8); one
 # param group per set of equal options (same updates, faster step)
+# the images move from pinned memory without blocking (UMViT draws its masks
+# on the device)
+data_preprocessor = dict(type='mmum.MaskedDataPreprocessor')
+
 train_dataloader = dict(
     batch_size=128,
+    pin_memory=True,
     collate_fn=dict(_delete_=True, type='default_collate'))
 optim_wrapper = dict(
     accumulative_counts=4,

@@ -8,7 +8,12 @@ _base_ = [
 
 # mmpretrain's bases get `_scope_` in every dict, which default_collate
 # (not built from a registry) would receive as a keyword argument
-train_dataloader = dict(collate_fn=dict(_delete_=True, type='default_collate'))
+train_dataloader = dict(
+    pin_memory=True,
+    collate_fn=dict(_delete_=True, type='default_collate'))
+# the images move from pinned memory without blocking (the masks are drawn
+# on the device, in the model)
+data_preprocessor = dict(type='mmum.MaskedDataPreprocessor')
 
 model = dict(
     type='mmum.LocalMIM',

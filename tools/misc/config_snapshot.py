@@ -1,7 +1,7 @@
 """Dump what every config in ``configs/`` resolves to, as JSON.
 
 Used to check that moving shared blocks into ``configs/_base_/`` changes no
-built model, optimiser, schedule or data loader::
+built model, data preprocessor, optimiser, schedule or data loader::
 
     python tools/misc/config_snapshot.py > before.json   # before the change
     python tools/misc/config_snapshot.py --check before.json  # after it
@@ -21,8 +21,9 @@ warnings.filterwarnings('ignore')  # pkg_resources notices of the toolboxes
 from mmengine.config import Config  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-KEYS = ('model', 'optim_wrapper', 'param_scheduler', 'train_dataloader',
-        'train_cfg', 'auto_scale_lr', 'default_hooks', 'custom_hooks')
+KEYS = ('model', 'data_preprocessor', 'optim_wrapper', 'param_scheduler',
+        'train_dataloader', 'train_cfg', 'auto_scale_lr', 'default_hooks',
+        'custom_hooks')
 
 
 def config_paths():

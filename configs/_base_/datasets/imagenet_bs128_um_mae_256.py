@@ -20,8 +20,13 @@ train_pipeline = [
     dict(type='PackInputs', algorithm_keys=['secondary_mask']),
 ]
 
+# the uniform masks are checked on the host and move to the device with the
+# images, one tensor per field, from pinned memory, without blocking
+data_preprocessor = dict(type='mmum.UMMAEDataPreprocessor')
+
 train_dataloader = dict(
     batch_size=128,
+    pin_memory=True,
     # inheriting `mmpretrain::` injects `_scope_` into every dict; the
     # collate function must not receive it
     collate_fn=dict(_delete_=True, type='default_collate'),

@@ -8,8 +8,9 @@ _base_ = './encoder_layouts.py'
 model = dict(
     type='mmum.UMMAE',
     patch_size=16,
+    # checks the uniform masks on the host, moves them in one piece
     data_preprocessor=dict(
-        type='mmpretrain.SelfSupDataPreprocessor',
+        type='mmum.UMMAEDataPreprocessor',
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375],
         to_rgb=True),

@@ -68,6 +68,16 @@ class CPBSwinTransformer(SwinTransformer):
                     pad_small_map=old.pad_small_map,
                     cpb_hidden_dims=cpb_hidden_dims)
                 block.attn.drop = old.drop  # keep the DropPath schedule
+        # the bias tables of windows that the built image size clamps to a
+        # small map, made now (as buffers) so no forward has to add them
+        size = self.patch_embed.init_out_size
+        for i, stage in enumerate(self.stages):
+            side = min(size) // 2**i if size else None
+            for block in stage.blocks:
+                attn = block.attn
+                if side and side <= attn.window_size and \
+                        not attn.pad_small_map:
+                    attn.w_msa.cpb.tables(side)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # resize an absolute position embedding first (mmpretrain's pre-hook,

@@ -11,28 +11,41 @@ of a pair then comes from the two tokens' original offset, per sample
 (:meth:`LogCPB.pairwise`).
 """
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
+from mmengine.utils import to_2tuple
 from mmpretrain.models.utils import ShiftWindowMSA
 
 
 class LogCPB(nn.Module):
     """Continuous relative-position bias from log-spaced coordinates.
 
+    The MLP's input table and the pair index of a window are non-persistent
+    buffers ``coords_{w}`` / ``index_{w}`` (not in the state dict, so
+    checkpoints keep their keys): they live on the model's device, follow
+    ``.to()``, and a forward reads them without any host-device copy. A
+    window met for the first time (e.g. clamped to a small map) gets its
+    buffers then, made on the device.
+
     Args:
         num_heads (int): One bias per head.
         hidden_dims (int): Width of the MLP. Defaults to 256.
+        window (int, optional): Window side whose tables are made at
+            construction. Defaults to None.
     """
 
-    def __init__(self, num_heads: int, hidden_dims: int = 256) -> None:
+    def __init__(self, num_heads: int, hidden_dims: int = 256,
+                 window: Optional[int] = None) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(2, hidden_dims), nn.ReLU(inplace=True),
             nn.Linear(hidden_dims, num_heads, bias=False))
-        self._index = {}  # window -> (N, N) index into the coordinate table
+        if window is not None:  # the usual window's tables, made up front
+            self.tables(window)
 
     @staticmethod
     def log_coords(window: int, device=None) -> torch.Tensor:
@@ -49,22 +62,30 @@ class LogCPB(nn.Module):
         table = torch.stack(torch.meshgrid(d, d, indexing='ij'), -1)
         return (torch.sign(table) * torch.log2(1 + table.abs())).flatten(0, 1)
 
-    def index(self, window: int, device) -> torch.Tensor:
-        """(N, N) index of each token pair's offset in ``log_coords``."""
-        if window not in self._index:
-            ys, xs = torch.meshgrid(
-                torch.arange(window), torch.arange(window), indexing='ij')
+    def tables(self, window: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(coords, index)`` of a ``window`` x ``window`` window: the
+        ((2w-1)^2, 2) float32 :meth:`log_coords` and the (N, N) int64 index
+        of each token pair's offset in it, N = w^2; made on the MLP's device
+        the first time and kept as non-persistent buffers."""
+        name = f'index_{window}'
+        if name not in self._buffers:
+            device = self.mlp[0].weight.device
+            ar = torch.arange(window, device=device)
+            ys, xs = torch.meshgrid(ar, ar, indexing='ij')
             coords = torch.stack([ys.flatten(), xs.flatten()])  # 2, N
             rel = coords[:, :, None] - coords[:, None, :] + window - 1
-            self._index[window] = rel[0] * (2 * window - 1) + rel[1]
-        return self._index[window].to(device)
+            self.register_buffer(
+                f'coords_{window}', self.log_coords(window, device).float(),
+                persistent=False)
+            self.register_buffer(
+                name, rel[0] * (2 * window - 1) + rel[1], persistent=False)
+        return self._buffers[f'coords_{window}'], self._buffers[name]
 
     def forward(self, window: int) -> torch.Tensor:
         """Bias for a ``window`` x ``window`` window: (num_heads, N, N)."""
-        device = self.mlp[0].weight.device
-        table = self.mlp(
-            self.log_coords(window, device).to(self.mlp[0].weight.dtype))
-        return table[self.index(window, device)].permute(2, 0, 1)
+        coords, index = self.tables(window)
+        table = self.mlp(coords.to(self.mlp[0].weight.dtype))
+        return table[index].permute(2, 0, 1)
 
     def pairwise(self, pos: torch.Tensor, scale: int,
                  window: int) -> torch.Tensor:
@@ -125,7 +146,8 @@ class CPBWindowMSA(BaseModule):
         super().__init__(init_cfg)
         self.num_heads = num_heads
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
-        self.cpb = LogCPB(num_heads, cpb_hidden_dims)
+        self.cpb = LogCPB(num_heads, cpb_hidden_dims,
+                          window_size and to_2tuple(window_size)[0])
         self.attn_drop = attn_drop
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -135,7 +157,9 @@ class CPBWindowMSA(BaseModule):
         """x: (num_windows*B, N, C); mask: (num_windows, N, N) or None;
         positions: None (bias from the offsets inside the window) or
         (num_windows*B, N, 2) int positions in steps of ``1 / pos_scale``
-        token (bias per pair, :meth:`LogCPB.pairwise`)."""
+        token (bias per pair, :meth:`LogCPB.pairwise`). Returns
+        (num_windows*B, N, C). q, k, v reach ``scaled_dot_product_attention``
+        as 4-D tensors, so its fused kernels can run."""
         B_, N, C = x.shape
         window = math.isqrt(N)
         # 3, B_, heads, N, C/heads
@@ -148,16 +172,28 @@ class CPBWindowMSA(BaseModule):
                         mask.unsqueeze(1)).flatten(0, 1)
             mask = None
         else:
-            bias = self.cpb(window)  # heads, N, N
-        if mask is not None:  # shifted windows: broadcast, don't copy
+            bias = self.cpb(window)[None]  # 1, heads, N, N (4-D: fused)
+        if mask is not None:
+            # shifted windows: the nW masks repeat in every image, so the
+            # windows of an image go into the head dimension (a copy of q,
+            # k, v) and the mask broadcasts over the images (4-D for SDPA's
+            # fused kernels and ONNX; folding the windows into the batch
+            # would copy the mask B times instead)
             nW = mask.shape[0]
-            q, k, v = (t.view(B_ // nW, nW, *t.shape[1:]) for t in (q, k, v))
-            bias = bias + mask.unsqueeze(1)  # nW, heads, N, N
+            q, k, v = (t.reshape(B_ // nW, nW * self.num_heads, N, -1)
+                       for t in (q, k, v))
+            # 1, nW*heads, N, N
+            bias = (bias + mask.unsqueeze(1)).flatten(0, 1)[None]
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype),
             dropout_p=self.attn_drop if self.training else 0.)
-        x = x.reshape(B_, self.num_heads, N, -1).transpose(1, 2).reshape(
-            B_, N, C)
+        x = x.reshape(B_, self.num_heads, N, -1).transpose(1, 2)
+        if torch.compiler.is_exporting():
+            # torch.export would record the reshape below as a view of the
+            # fused kernel's output layout, which the ONNX lowering (math
+            # kernel, another layout) cannot honour: copy explicitly there
+            x = x.clone(memory_format=torch.contiguous_format)
+        x = x.reshape(B_, N, C)
         return self.proj_drop(self.proj(x))
 
 

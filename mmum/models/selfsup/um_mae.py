@@ -1,6 +1,8 @@
+import logging
 from typing import Dict, List, Tuple
 
 import torch
+from mmengine.logging import print_log
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 
@@ -10,12 +12,24 @@ from mmum.registry import MODELS
 def visible_index(mask: torch.Tensor) -> torch.Tensor:
     """Full-grid index of the visible patch of every 2x2 cell.
 
+    Checks the mask where it is: free on the host (where
+    :class:`mmum.UMMAEDataPreprocessor` calls it), one host-device sync on a
+    device.
+
     Args:
-        mask (Tensor): (B, h, w) uniform mask, 1 = dropped.
+        mask (Tensor): (B, h, w) uniform mask, 1 = dropped; h, w even.
     Returns:
-        Tensor: (B, h/2 * w/2) flat index into the h*w grid, cells row-major.
+        Tensor: (B, h/2 * w/2) int64 flat index into the h*w grid, cells
+        row-major.
+    Raises:
+        ValueError: a side of the grid is odd, or a 2x2 cell does not have
+            exactly one visible patch.
     """
     B, h, w = mask.shape
+    if h % 2 or w % 2:
+        raise ValueError(
+            f'UM-MAE needs a mask grid of 2x2 cells (even sides); got '
+            f'{h}x{w}. Put mmum.UniformMasking in the pipeline.')
     cells = (mask == 0).view(B, h // 2, 2, w // 2, 2).permute(0, 1, 3, 2, 4)
     cells = cells.reshape(B, h // 2, w // 2, 4)
     counts = cells.sum(-1)
@@ -59,6 +73,8 @@ class UMMAE(BaseSelfSupervisor):
             ``init_cfg`` as in mmpretrain's ``BaseSelfSupervisor``.
     """
 
+    _warned_sync = False  # masks checked on a device (logged once)
+
     def __init__(self, patch_size: int = 16, **kwargs) -> None:
         super().__init__(**kwargs)
         self.patch_size = patch_size
@@ -84,8 +100,17 @@ class UMMAE(BaseSelfSupervisor):
 
     def masks(self, inputs: torch.Tensor, data_samples: List[DataSample]
               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stack and check the masks: (mask, index, secondary) with secondary
-        in compact-unit layout (B, H/2p, W/2p)."""
+        """The batch's masks on ``inputs.device``: ``mask`` (B, h, w), 1 =
+        dropped; ``index`` (B, h/2 * w/2) from :func:`visible_index`;
+        ``secondary`` (B, h/2, w/2) in compact-unit layout, 1 = mask token.
+
+        With :class:`mmum.UMMAEDataPreprocessor` (the configs') the masks
+        were checked on the host and arrive as rows of one device tensor per
+        field, with their ``visible_index``: nothing here waits for the
+        device. Otherwise the uniform-mask check runs where the mask is: on
+        the host (numpy / CPU masks given directly) at no cost, on a device
+        with one host-device sync per step (logged once).
+        """
         B, _, H, W = inputs.shape
         grid = (H // self.patch_size, W // self.patch_size)
         try:
@@ -106,12 +131,21 @@ class UMMAE(BaseSelfSupervisor):
                 f'mask grid {tuple(mask.shape[1:])} does not match the '
                 f'{H}x{W} input with {self.patch_size}-px patches (expected '
                 f'{grid}, image sides multiples of {2 * self.patch_size})')
-        # checked and indexed where the pipeline made them (the CPU), so the
-        # check costs no host-device sync; then moved once
-        index = visible_index(mask)
-        secondary = secondary.flatten(1).gather(1, index.to(secondary.device))
+        if all('visible_index' in ds for ds in data_samples):
+            index = torch.stack([ds.visible_index for ds in data_samples])
+        else:
+            if mask.device.type != 'cpu' and not UMMAE._warned_sync:
+                UMMAE._warned_sync = True
+                print_log(
+                    f'UM-MAE checks the uniform masks on {mask.device}: one '
+                    'host-device sync per step. Use data_preprocessor=dict('
+                    "type='mmum.UMMAEDataPreprocessor', ...) to check them "
+                    'on the host before they move.', logger='current',
+                    level=logging.WARNING)
+            index = visible_index(mask)
         mask, index, secondary = (t.to(inputs.device, non_blocking=True)
                                   for t in (mask, index, secondary))
+        secondary = secondary.flatten(1).gather(1, index)  # B, h/2 * w/2
         return mask, index, secondary.view(B, grid[0] // 2, grid[1] // 2)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[DataSample],

@@ -1,0 +1,3 @@
+from .data_preprocessor import MaskedDataPreprocessor, UMMAEDataPreprocessor
+
+__all__ = ['MaskedDataPreprocessor', 'UMMAEDataPreprocessor']
