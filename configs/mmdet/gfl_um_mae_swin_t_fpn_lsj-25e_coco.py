@@ -20,9 +20,14 @@ model = dict(
     # the pre-training architecture (released UM-MAE layout)
     backbone=dict(
         _base_.um_mae_swin_dense, _delete_=True, arch='tiny', img_size=1024,
+        out_indices=(1, 2, 3),
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+    # GFL's FPN reads strides 8-32 (mmdet's start_level=1 of 4 maps): the
+    # backbone outputs (and builds output norms for) only stages 1-3, so
+    # every parameter gets a gradient (DDP needs that; an unread stage-0
+    # norm stops it after one iteration). Same FPN parameters as before.
+    neck=dict(in_channels=[192, 384, 768], start_level=0))
 
 backend_args = None
 train_pipeline = [

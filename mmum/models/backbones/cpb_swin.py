@@ -67,6 +67,10 @@ class CPBSwinTransformer(SwinTransformer):
                     pad_small_map=old.pad_small_map,
                     cpb_hidden_dims=cpb_hidden_dims)
                 block.attn.drop = old.drop  # keep the DropPath schedule
+        # frozen_stages: freeze at build, not only in train() (mmpretrain),
+        # which the Runner calls after DDP has recorded the parameters that
+        # need gradients (DDP would then wait for the frozen ones)
+        self._freeze_stages()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # resize an absolute position embedding first (mmpretrain's pre-hook,

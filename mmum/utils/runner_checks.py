@@ -1,0 +1,104 @@
+"""What mmum adds where mmengine's ``Runner`` wraps the model.
+
+:func:`install` (run by ``import mmum``) wraps ``Runner.wrap_model`` once so
+that, for every Runner (``tools/train.py``, ``tools/test.py`` or a user's
+script):
+
+1. **Frozen stages before DDP.** mmpretrain's and mmdet's Swin (and other
+   backbones) freeze their first stages in ``train()``, which the loops call
+   after the Runner has wrapped the model in DDP. DDP records at
+   construction which parameters need gradients; ones frozen afterwards
+   never get one, and without ``find_unused_parameters`` the second
+   iteration stops with "Expected to have finished reduction in the prior
+   iteration". In a distributed run the unwrapped model's ``train()`` is
+   called first (the train loop's own first step). mmum's backbones also
+   freeze at build.
+2. **SyncBN on one process is said.** mmengine turns every ``SyncBN`` into
+   ``BN`` when the run is not distributed; a warning names the layers and
+   the batch their statistics now come from.
+3. **BatchNorm with one value per channel.** Every BatchNorm layer checks its
+   training input first: a map pooled to 1x1 (UperNet's pyramid pooling,
+   scale 1) from one image per process has one value per channel, which
+   torch refuses with "Expected more than 1 value per channel". The check
+   names the layer, the batch size and the fixes instead.
+"""
+import functools
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+_FLAG = '_mmum_runner_checks'
+
+
+def _batch_size(cfg) -> str:
+    loader = (cfg or {}).get('train_dataloader') or {}
+    return str(loader.get('batch_size', '?'))
+
+
+def one_value_per_channel_check(name: str, batch_size: str):
+    """A forward pre-hook for a BatchNorm layer ``name``: in training, an
+    input with one value per channel (N x H x W == 1) raises ValueError
+    naming the layer, the images per process and the fixes."""
+
+    def hook(module, args):
+        x = args[0]
+        if not module.training or x.dim() < 2:
+            return
+        if x.numel() // max(x.shape[1], 1) > 1:
+            return
+        raise ValueError(
+            f'{name} ({type(module).__name__}) cannot train on an input of '
+            f'shape {tuple(x.shape)}: one value per channel, from '
+            f'{x.shape[0]} image(s) on this process (train_dataloader.'
+            f'batch_size={batch_size}). Batch statistics need more than one '
+            f'value; a map pooled to 1x1 (UperNet\'s pyramid pooling, scale '
+            f'1) has one per image. Use at least 2 images per process '
+            f'(--cfg-options train_dataloader.batch_size=2), or SyncBN over '
+            f'several GPUs, or GroupNorm in that head (e.g. '
+            f"norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)).")
+
+    return hook
+
+
+def _sync_bn_names(model):
+    return [n for n, m in model.named_modules()
+            if isinstance(m, torch.nn.SyncBatchNorm)]
+
+
+def install() -> None:
+    """Wrap ``mmengine.runner.Runner.wrap_model`` (once)."""
+    from mmengine.logging import print_log
+    from mmengine.model import is_model_wrapper
+    from mmengine.runner import Runner
+
+    wrap = Runner.wrap_model
+    if getattr(wrap, _FLAG, False):
+        return
+
+    @functools.wraps(wrap)
+    def wrap_model(self, model_wrapper_cfg, model):
+        batch_size = _batch_size(self.cfg)
+        if not is_model_wrapper(model):
+            if self.distributed:
+                model.train()  # applies frozen_stages (requires_grad=False)
+            else:
+                sync = _sync_bn_names(model)
+                if sync:
+                    print_log(
+                        f'one process: the {len(sync)} SyncBN layers of the '
+                        f'model ({", ".join(sync[:3])}'
+                        f'{", ..." if len(sync) > 3 else ""}) run as '
+                        f'BatchNorm, their statistics from the '
+                        f'{batch_size} images of each batch',
+                        logger='current', level=30)
+        wrapped = wrap(self, model_wrapper_cfg, model)
+        inner = wrapped.module if is_model_wrapper(wrapped) else wrapped
+        for name, m in inner.named_modules():
+            if isinstance(m, _BatchNorm) and not isinstance(
+                    m, torch.nn.SyncBatchNorm):
+                m.register_forward_pre_hook(
+                    one_value_per_channel_check(name, batch_size))
+        return wrapped
+
+    setattr(wrap_model, _FLAG, True)
+    Runner.wrap_model = wrap_model

@@ -1,0 +1,99 @@
+"""What users hit when training (issue 26): every downstream config under
+2-process DDP, frozen stages at build, ``frozen_stages`` across toolboxes,
+UperNet with one image per process, own data in the usual shapes, a small
+class count, a smaller encoder than the decoder's, quiet logs."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mmum  # noqa: F401
+from _tiny_runs import ROOT, free_port, make_imagenet_folder
+from transfer_data import make_ade20k, make_coco
+
+sys.path.insert(0, osp.join(ROOT, 'tests'))
+from _ddp_downstream import CASES  # noqa: E402
+
+DDP_CASES = list(CASES) + ['gfl_swin@frozen1', 'upernet_pvt@frozen1',
+                           'ft_um_mae_swin_t@frozen1',
+                           'ft_green_mim_swin_b@frozen1']
+
+
+# ------------------------------------------------- kind 2: DDP downstream
+@pytest.fixture(scope='module')
+def ddp_results(tmp_path_factory):
+    """One 2-process launch trains every case 2 iterations (imports once)."""
+    out = str(tmp_path_factory.mktemp('ddp_downstream'))
+    make_coco(osp.join(out, 'coco'), num_images=4, size=64)
+    make_ade20k(osp.join(out, 'ade'), num_images=4, size=64)
+    make_imagenet_folder(osp.join(out, 'imagenet'), num=4, size=64)
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}")
+    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
+         '2', f'--master_port={free_port()}',
+         osp.join(ROOT, 'tests', '_ddp_downstream.py'), out, *DDP_CASES],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
+    ranks = []
+    for r in (0, 1):
+        path = osp.join(out, f'rank{r}.json')
+        assert osp.isfile(path), proc.stdout[-4000:] + proc.stderr[-8000:]
+        with open(path) as f:
+            ranks.append(json.load(f))
+    return ranks
+
+
+@pytest.mark.slow  # one launch of 2 processes, 19 tiny trainings: ~5-10 min
+@pytest.mark.parametrize('case', DDP_CASES)
+def test_downstream_config_trains_under_ddp(ddp_results, case):
+    """Every configs/mmdet, configs/mmseg and configs/finetune config (tiny
+    model) trains 2 iterations on 2 gloo processes without
+    ``find_unused_parameters``: no parameter is built that the loss never
+    reaches (GFL's FPN skips stage 0), and ``frozen_stages`` freezes at
+    build, before DDP records the parameters that need gradients."""
+    for rank in ddp_results:
+        assert rank[case] == 'ok', rank[case]
+
+
+def test_gfl_backbone_outputs_only_what_fpn_reads():
+    """The GFL configs output stages 1-3 (the FPN's inputs) and build no
+    stage-0 norm; the FPN has the parameters it had with 4 inputs and
+    ``start_level=1``."""
+    from mmengine.config import Config
+    for name in ('gfl_swin', 'gfl_pvt'):
+        cfg = Config.fromfile(osp.join(ROOT, CASES[name]))
+        assert tuple(cfg.model.backbone.out_indices) == (1, 2, 3)
+        assert len(cfg.model.neck.in_channels) == 3
+        assert cfg.model.neck.start_level == 0
+    from mmdet.models.necks import FPN
+    old = FPN([96, 192, 384, 768], 256, start_level=1,
+              add_extra_convs='on_output', num_outs=5)
+    new = FPN([192, 384, 768], 256, start_level=0,
+              add_extra_convs='on_output', num_outs=5)
+    assert {k: v.shape for k, v in old.state_dict().items()} == \
+        {k: v.shape for k, v in new.state_dict().items()}
+
+
+@pytest.mark.parametrize('cls', ['CPBSwinTransformer', 'PVT',
+                                 'GreenSwinTransformer'])
+def test_frozen_stages_freeze_at_build(cls):
+    """``frozen_stages=1``: stem and stages 0-1 need no gradient right after
+    the constructor (before any ``.train()``), as DDP sees them."""
+    from mmum.registry import MODELS
+    arch = dict(arch=dict(embed_dims=[32, 32, 64, 64], depths=[1, 1, 1, 1],
+                          num_heads=[1, 1, 2, 2], mlp_ratios=[2, 2, 2, 2])) \
+        if cls == 'PVT' else dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1],
+                                            num_heads=[1, 1, 1, 1]))
+    extra = dict(window_size=4) if cls == 'GreenSwinTransformer' else {}
+    m = MODELS.build(dict(type=f'mmum.{cls}', img_size=64, frozen_stages=1,
+                          out_indices=(0, 1, 2, 3), **arch, **extra))
+    for name, p in m.named_parameters():
+        frozen = name.startswith(('patch_embed', 'stages.0.', 'stages.1.',
+                                  'norm0', 'norm1'))
+        # (mmpretrain's Swin: stage i's downsample belongs to stage i)
+        assert p.requires_grad != frozen, name
