@@ -28,7 +28,8 @@ DDP_CASES = list(CASES) + ['gfl_swin@frozen1', 'upernet_pvt@frozen1',
 def ddp_results(tmp_path_factory):
     """One 2-process launch trains every case 2 iterations (imports once)."""
     out = str(tmp_path_factory.mktemp('ddp_downstream'))
-    make_coco(osp.join(out, 'coco'), num_images=4, size=64)
+    make_coco(osp.join(out, 'coco'), num_images=4, size=64,
+              stuff=True)
     make_ade20k(osp.join(out, 'ade'), num_images=4, size=64)
     make_imagenet_folder(osp.join(out, 'imagenet'), num=4, size=64)
     env = dict(os.environ, OMP_NUM_THREADS='1',
@@ -97,3 +98,73 @@ def test_frozen_stages_freeze_at_build(cls):
                                   'norm0', 'norm1'))
         # (mmpretrain's Swin: stage i's downsample belongs to stage i)
         assert p.requires_grad != frozen, name
+
+
+# ------------------------------- kind 8: BatchNorm with one image per process
+@pytest.fixture(scope='module')
+def data_dirs(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('users_data'))
+    return dict(coco=make_coco(osp.join(out, 'coco'), num_images=4, size=64,
+              stuff=True),
+                ade=make_ade20k(osp.join(out, 'ade'), num_images=4, size=64),
+                imagenet=make_imagenet_folder(osp.join(out, 'imagenet'),
+                                              num=4, size=64))
+
+
+def test_upernet_one_image_per_process_says_batch_size(data_dirs, tmp_path):
+    """UperNet (BN in the pyramid pooling) with one image per process: a
+    ValueError naming the layer, ``batch_size=1`` and the fixes, not torch's
+    "Expected more than 1 value per channel"; the SyncBN mmengine turns into
+    BN on one process is logged."""
+    from _ddp_downstream import tiny_cfg
+    from transfer_data import run_cfg
+    cfg = tiny_cfg('upernet_swin', data_dirs)
+    cfg.train_dataloader.batch_size = 1
+    cfg.model.decode_head.norm_cfg.type = 'SyncBN'
+    with pytest.raises(ValueError, match=r'batch_size=1.*GroupNorm') as e:
+        run_cfg(cfg, tmp_path / 'work', iters=1, test=False)
+    assert 'decode_head' in str(e.value)
+    log = open(next(tmp_path.glob('work/*/*.log'))).read()
+    assert 'SyncBN layers of the model (decode_head.' in log
+    assert 'run as BatchNorm' in log
+
+
+def test_batchnorm_check_passes_two_values():
+    from mmum.utils.runner_checks import one_value_per_channel_check
+    bn = torch.nn.BatchNorm2d(4)
+    bn.register_forward_pre_hook(one_value_per_channel_check('bn', '1'))
+    bn(torch.randn(1, 4, 2, 1))  # 2 values per channel: fine
+    bn.eval()
+    bn(torch.randn(1, 4, 1, 1))  # eval uses running statistics
+    bn.train()
+    with pytest.raises(ValueError, match=r'bn \(BatchNorm2d\).*\(1, 4, 1, 1\)'):
+        bn(torch.randn(1, 4, 1, 1))
+
+
+# ----------------------------------------- kind 12: frozen_stages meaning
+@pytest.mark.parametrize('scope,backbone,warned', [
+    ('mmdet', 'mmum.PVT', True),
+    ('mmseg', 'mmum.CPBSwinTransformer', True),
+    ('mmdet', 'mmpretrain.SwinTransformer', True),
+    ('mmpretrain', 'mmum.PVT', False),     # mmpretrain's own meaning
+    ('mmdet', 'mmdet.SwinTransformer', False),  # mmdet's own class
+])
+def test_frozen_stages_warning_for_mmdet_configs(scope, backbone, warned):
+    from mmengine.registry import MODELS
+    from mmum.utils.runner_checks import frozen_stages_note
+    arch = dict(arch=dict(embed_dims=[8, 8, 8, 8], depths=[1, 1, 1, 1],
+                          num_heads=[1, 1, 1, 1], mlp_ratios=[1, 1, 1, 1])) \
+        if backbone == 'mmum.PVT' else dict(embed_dims=8, depths=[1, 1, 1, 1],
+                                            num_heads=[1, 1, 1, 1]) \
+        if backbone == 'mmdet.SwinTransformer' else dict(arch=dict(
+            embed_dims=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1]))
+    model = torch.nn.Module()
+    import mmdet.models  # noqa: F401  registers mmdet's Swin
+    model.backbone = MODELS.build(dict(type=backbone, frozen_stages=2,
+                                       **arch))
+    note = frozen_stages_note(dict(default_scope=scope), model)
+    if warned:
+        assert 'stages 0..2 (3 stages)' in note
+        assert 'frozen_stages=1' in note and f"{scope}'s own" in note
+    else:
+        assert note is None

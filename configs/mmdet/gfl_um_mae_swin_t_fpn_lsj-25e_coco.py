@@ -6,6 +6,8 @@
 # pre-training checkpoint itself); both keep the `backbone.` prefix:
 #   tools/dist_train.sh configs/mmdet/gfl_um_mae_swin_t_fpn_lsj-25e_coco.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/um_mae_swin_t_100e/epoch_100.pth
+# frozen_stages=k (if you add it) freezes the stem and stages 0..k, one
+# stage more than mmdet's / mmseg's Swin for the same k (docs/own_config.md).
 _base_ = [
     'mmdet::gfl/gfl_r50_fpn_1x_coco.py',
     '../_base_/models/um_mae_dense_backbones.py',

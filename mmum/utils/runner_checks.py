@@ -21,6 +21,12 @@ script):
    scale 1) from one image per process has one value per channel, which
    torch refuses with "Expected more than 1 value per channel". The check
    names the layer, the batch size and the fixes instead.
+4. **``frozen_stages`` across toolboxes.** mmdet's and mmseg's Swin freeze
+   the stem and stages ``0..k-1`` for ``frozen_stages=k``; mmpretrain's
+   backbones, and so mmum's, freeze the stem and stages ``0..k``. When a
+   config whose ``default_scope`` is mmdet or mmseg passes
+   ``frozen_stages >= 0`` to an mmum or mmpretrain backbone, a warning says
+   which stages that freezes and which value gives mmdet's meaning.
 """
 import functools
 
@@ -60,6 +66,25 @@ def one_value_per_channel_check(name: str, batch_size: str):
     return hook
 
 
+def frozen_stages_note(cfg, model):
+    """The warning of item 4 for ``model`` built from ``cfg``, or None."""
+    scope = (cfg or {}).get('default_scope')
+    backbone = getattr(model, 'backbone', None)
+    k = getattr(backbone, 'frozen_stages', None)
+    if scope not in ('mmdet', 'mmseg') or not isinstance(k, int) or k < 0:
+        return None
+    toolbox = type(backbone).__module__.split('.')[0]
+    if toolbox not in ('mmum', 'mmpretrain'):
+        return None
+    same = (f'frozen_stages={k - 1}' if k > 0 else
+            'no equivalent here (mmdet\'s 0 freezes the stem only)')
+    return (f'model.backbone.frozen_stages={k} ({scope} config): '
+            f'{toolbox}.{type(backbone).__name__} freezes the stem and '
+            f'stages 0..{k} ({k + 1} stages), mmpretrain\'s meaning; '
+            f'{scope}\'s own Swin / ResNet freeze stages 0..{k - 1} for the '
+            f'same value. For {scope}\'s meaning use {same}.')
+
+
 def _sync_bn_names(model):
     return [n for n, m in model.named_modules()
             if isinstance(m, torch.nn.SyncBatchNorm)]
@@ -79,6 +104,9 @@ def install() -> None:
     def wrap_model(self, model_wrapper_cfg, model):
         batch_size = _batch_size(self.cfg)
         if not is_model_wrapper(model):
+            note = frozen_stages_note(self.cfg, model)
+            if note:
+                print_log(note, logger='current', level=30)
             if self.distributed:
                 model.train()  # applies frozen_stages (requires_grad=False)
             else:
