@@ -168,3 +168,168 @@ def test_frozen_stages_warning_for_mmdet_configs(scope, backbone, warned):
         assert 'frozen_stages=1' in note and f"{scope}'s own" in note
     else:
         assert note is None
+
+
+# --------------------------------------------- kind 6: own data, usual shapes
+PRETRAIN_CFGS = sorted(
+    f'configs/{d}/{f}' for d in ('um_mae', 'green_mim', 'simmim', 'vitfreeze')
+    for f in os.listdir(osp.join(ROOT, 'configs', d)) if f.endswith('.py'))
+
+
+def write_images(folder, names, size=80):
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for name in names:
+        path = osp.join(folder, name)
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        cv2.imwrite(path, rng.integers(0, 255, (size, size, 3), np.uint8))
+
+
+def build_train_dataset(cfg_path, data_root):
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS, DefaultScope
+    cfg = Config.fromfile(osp.join(ROOT, cfg_path))
+    ds = dict(cfg.train_dataloader.dataset, data_root=str(data_root))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return DATASETS.build(ds)
+
+
+@pytest.mark.parametrize('layout', ['flat', 'classes', 'train_flat',
+                                    'train_classes', 'imagenet'])
+def test_image_folder_takes_any_layout(tmp_path, layout):
+    """A folder of images, flat or in (class) sub-folders, with or without
+    ``train/`` and ``meta/train.txt``, is a pre-training dataset; the
+    ImageNet layout lists what mmpretrain's ImageNet lists, in its order."""
+    from mmengine.registry import DATASETS, DefaultScope
+
+    from mmum.datasets import ImageFolder
+    names = {'flat': ['a.jpg', 'b.PNG', 'c.jpeg'],
+             'classes': ['cat/1.jpg', 'dog/2.jpg', 'dog/deep/3.png'],
+             'train_flat': ['train/a.jpg', 'train/b.jpg'],
+             'train_classes': ['train/x/a.jpg', 'train/y/b.jpg'],
+             'imagenet': ['train/n1/a.JPEG', 'train/n2/b.JPEG']}[layout]
+    write_images(tmp_path, names)
+    (tmp_path / 'notes.txt').write_text('not an image')
+    if layout == 'imagenet':
+        os.makedirs(tmp_path / 'meta')
+        (tmp_path / 'meta' / 'train.txt').write_text(
+            'n2/b.JPEG 1\nn1/a.JPEG 0\n')
+    ds = ImageFolder(data_root=str(tmp_path), pipeline=[])
+    got = [osp.relpath(ds.get_data_info(i)['img_path'], tmp_path)
+           for i in range(len(ds))]
+    if layout == 'imagenet':
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            ref = DATASETS.build(dict(type='ImageNet', data_root=str(
+                tmp_path), split='train', pipeline=[]))
+        assert got == [osp.relpath(ref.get_data_info(i)['img_path'],
+                                   tmp_path) for i in range(len(ref))]
+        assert [ds.get_data_info(i)['gt_label'] for i in (0, 1)] == [1, 0]
+    else:
+        assert sorted(got) == sorted(names)  # only images, every one
+
+
+def test_image_folder_errors_name_the_fix(tmp_path):
+    from mmum.datasets import ImageFolder
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        ImageFolder(data_root=str(tmp_path / 'nope'), pipeline=[])
+    os.makedirs(tmp_path / 'empty' / 'train')
+    with pytest.raises(ValueError, match=r"no images under .*train.*\.jpg"):
+        ImageFolder(data_root=str(tmp_path / 'empty'), pipeline=[])
+
+
+@pytest.mark.parametrize('cfg_path', PRETRAIN_CFGS)
+def test_pretraining_configs_take_a_folder_and_skip_broken_images(
+        cfg_path, tmp_path):
+    """Every pre-training config reads a plain folder of photos (class
+    folders, no meta/train.txt) and skips a 0-byte and a corrupt .jpg with
+    a warning naming each, instead of OpenCV's bare assertion."""
+    from mmengine.logging import MMLogger
+    write_images(tmp_path, ['a/1.jpg', 'a/2.jpg', 'b/3.jpg'], size=300)
+    (tmp_path / 'a' / 'empty.jpg').write_bytes(b'')
+    (tmp_path / 'b' / 'html.jpg').write_text('<html>404</html>')
+    ds = build_train_dataset(cfg_path, tmp_path)
+    assert len(ds) == 5
+    logger = MMLogger.get_current_instance()
+    messages = []
+    handler = _ListHandler(messages)
+    logger.addHandler(handler)
+    try:
+        for i in range(len(ds)):
+            assert ds[i] is not None
+    finally:
+        logger.removeHandler(handler)
+    text = '\n'.join(messages)
+    assert 'empty.jpg' in text and 'html.jpg' in text
+
+
+class _ListHandler:
+    """A logging handler that keeps the messages (MMLogger does not
+    propagate to pytest's caplog)."""
+
+    def __init__(self, out):
+        import logging
+        self.level = logging.WARNING
+        self.out = out
+
+    def handle(self, record):
+        self.out.append(record.getMessage())
+
+    def __getattr__(self, name):  # filters, lock, ... of logging.Handler
+        import logging
+        return getattr(logging.NullHandler(), name)
+
+
+def test_knn_and_reconstruction_hooks_skip_broken_images(tmp_path):
+    """The watching hooks read data as training does: a 0-byte .jpg in the
+    k-NN bank and among the pictures is left out (with a warning), not the
+    end of the run at the first evaluation."""
+    import shutil
+
+    from _watch import datasets, make_shapes_dataset
+    from test_knn_eval import tiny_um_mae
+
+    from mmum.engine.hooks import KNNEvalHook
+    from mmum.visualization.reconstruction import load_images
+    root = make_shapes_dataset(tmp_path / 'shapes', train_per_class=3,
+                               val_per_class=2)
+    cls = sorted(os.listdir(osp.join(root, 'train')))[0]
+    (tmp_path / 'shapes' / 'train' / cls / 'zz_empty.jpg').write_bytes(b'')
+    model = tiny_um_mae()
+    hook = KNNEvalHook(**datasets(root), batch_size=2, num_workers=0,
+                       img_size=64)
+    full = hook.evaluate(model)
+    assert set(full) == {'top1', 'top5'}
+    # the same numbers as without the broken file
+    os.remove(tmp_path / 'shapes' / 'train' / cls / 'zz_empty.jpg')
+    clean = KNNEvalHook(**datasets(root), batch_size=2, num_workers=0,
+                        img_size=64).evaluate(model)
+    assert full == clean
+    good = osp.join(root, 'train', cls, sorted(os.listdir(
+        osp.join(root, 'train', cls)))[0])
+    bad = str(tmp_path / 'bad.jpg')
+    open(bad, 'wb').close()
+    items = load_images([bad, good], 64, 'um_mae')
+    assert len(items) == 1
+    with pytest.raises(ValueError, match='could be loaded'):
+        load_images([bad], 64, 'um_mae')
+    shutil.rmtree(tmp_path / 'shapes')
+
+
+@pytest.mark.parametrize('color', ['grayscale', 'unchanged'])
+def test_grayscale_loading_says_three_channels(color):
+    """``LoadImageFromFile(color_type='grayscale')`` (in any pipeline):
+    stopped before training, with the 3-channel fix, not the data
+    preprocessor's IndexError."""
+    from mmengine.config import Config
+
+    from mmum.datasets.checks import check_image_channels
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/um_mae/swin_t_200e.py'))
+    check_image_channels(cfg)  # the shipped config passes
+    cfg.train_dataloader.dataset.pipeline[0] = dict(
+        type='LoadImageFromFile', color_type=color)
+    with pytest.raises(ValueError, match=r"train_dataloader\.dataset\."
+                       r"pipeline\[0\].*takes 3.*color_type='color'"):
+        check_image_channels(cfg)
+    cfg.model.backbone.in_channels = 1  # a 1-channel model of one's own
+    check_image_channels(cfg)

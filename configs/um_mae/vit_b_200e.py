@@ -17,7 +17,16 @@ model = dict(
 # param group per set of equal options (same updates, faster step)
 train_dataloader = dict(
     batch_size=128,
-    collate_fn=dict(_delete_=True, type='default_collate'))
+    collate_fn=dict(_delete_=True, type='default_collate'),
+    # any folder of images (labels unused; the ImageNet layout reads
+    # meta/train.txt): mmum.ImageFolder. An image that cannot be read is
+    # skipped with a warning naming it (docs/own_config.md)
+    dataset=dict(
+        type='mmum.ImageFolder',
+        pipeline=[
+            dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
+            *_base_.train_dataloader.dataset.pipeline[1:]
+        ]))
 optim_wrapper = dict(
     accumulative_counts=4,
     constructor='mmum.MergedGroupsOptimWrapperConstructor')

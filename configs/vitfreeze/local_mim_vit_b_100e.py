@@ -8,7 +8,17 @@ _base_ = [
 
 # mmpretrain's bases get `_scope_` in every dict, which default_collate
 # (not built from a registry) would receive as a keyword argument
-train_dataloader = dict(collate_fn=dict(_delete_=True, type='default_collate'))
+train_dataloader = dict(
+    collate_fn=dict(_delete_=True, type='default_collate'),
+    # any folder of images (labels unused; the ImageNet layout reads
+    # meta/train.txt): mmum.ImageFolder. An image that cannot be read is
+    # skipped with a warning naming it (docs/own_config.md)
+    dataset=dict(
+        type='mmum.ImageFolder',
+        pipeline=[
+            dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
+            *_base_.train_dataloader.dataset.pipeline[1:]
+        ]))
 
 model = dict(
     type='mmum.LocalMIM',

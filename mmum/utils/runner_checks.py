@@ -27,6 +27,10 @@ script):
    config whose ``default_scope`` is mmdet or mmseg passes
    ``frozen_stages >= 0`` to an mmum or mmpretrain backbone, a warning says
    which stages that freezes and which value gives mmdet's meaning.
+5. **Three channels.** An image loader whose ``color_type`` does not give 3
+   channels for a 3-channel model stops with the fix
+   (:func:`mmum.datasets.checks.check_image_channels`), before torch's
+   ``IndexError`` in the data preprocessor.
 """
 import functools
 
@@ -96,6 +100,7 @@ def install() -> None:
     from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
 
+    from mmum.datasets.checks import check_image_channels
     wrap = Runner.wrap_model
     if getattr(wrap, _FLAG, False):
         return
@@ -103,6 +108,7 @@ def install() -> None:
     @functools.wraps(wrap)
     def wrap_model(self, model_wrapper_cfg, model):
         batch_size = _batch_size(self.cfg)
+        check_image_channels(self.cfg)  # 3-channel images for the model
         if not is_model_wrapper(model):
             note = frozen_stages_note(self.cfg, model)
             if note:
