@@ -333,3 +333,39 @@ def test_grayscale_loading_says_three_channels(color):
         check_image_channels(cfg)
     cfg.model.backbone.in_channels = 1  # a 1-channel model of one's own
     check_image_channels(cfg)
+
+
+# ------------------------------------------- new user: a small class count
+@pytest.mark.parametrize('cfg_path', sorted(
+    f'configs/finetune/{f}' for f in os.listdir(
+        osp.join(ROOT, 'configs', 'finetune')) if f.endswith('.py')))
+def test_small_class_count_checked_before_training(cfg_path):
+    """Every fine-tuning config with only ``head.num_classes=3`` stops with
+    the one override for all three places; that override passes."""
+    import argparse
+
+    from mmengine.config import Config, DictAction
+
+    from mmum.utils.runner_checks import check_class_counts
+    cfg = Config.fromfile(osp.join(ROOT, cfg_path))
+    check_class_counts(cfg)
+    cfg.model.head.num_classes = 3
+    with pytest.raises(ValueError, match='num_classes=1000') as e:
+        check_class_counts(cfg)
+    opts = str(e.value).split('--cfg-options ')[1].split()
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    cfg.merge_from_dict(parser.parse_args(
+        ['--cfg-options', *opts]).cfg_options)
+    check_class_counts(cfg)
+    assert cfg.data_preprocessor.num_classes == 3
+
+
+def test_class_count_check_runs_before_the_first_step(data_dirs, tmp_path):
+    """Through the Runner: the check stops the run at build."""
+    from _ddp_downstream import tiny_cfg
+    from transfer_data import run_cfg
+    cfg = tiny_cfg('ft_um_mae_swin_t', data_dirs)
+    cfg.data_preprocessor.num_classes = 1000
+    with pytest.raises(ValueError, match=r'data_preprocessor.num_classes=3'):
+        run_cfg(cfg, tmp_path / 'work', iters=1, test=False)

@@ -31,6 +31,11 @@ script):
    channels for a 3-channel model stops with the fix
    (:func:`mmum.datasets.checks.check_image_channels`), before torch's
    ``IndexError`` in the data preprocessor.
+6. **Class counts agree.** A classifier whose ``head.num_classes``, data
+   preprocessor ``num_classes`` (Mixup / CutMix targets) and evaluators'
+   ``topk`` disagree stops before training with the one override that
+   fixes them all (:func:`check_class_counts`), instead of a shape error in
+   the first step or a top-5 error after the first training epoch.
 """
 import functools
 
@@ -89,6 +94,54 @@ def frozen_stages_note(cfg, model):
             f'same value. For {scope}\'s meaning use {same}.')
 
 
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def check_class_counts(cfg) -> None:
+    """``model.head.num_classes`` against the data preprocessor's
+    ``num_classes`` and every ``Accuracy`` evaluator's ``topk``.
+
+    Raises:
+        ValueError: naming the values that disagree and the
+            ``--cfg-options`` that sets all of them for the head's count.
+    """
+    model = (cfg or {}).get('model') or {}
+    head = model.get('head') or {}
+    n = head.get('num_classes') if isinstance(head, dict) else None
+    if not isinstance(n, int):
+        return
+    pre = cfg.get('data_preprocessor') or model.get('data_preprocessor') or {}
+    key = 'data_preprocessor' if cfg.get('data_preprocessor') else \
+        'model.data_preprocessor'
+    problems = []
+    m = pre.get('num_classes')
+    if m is not None and m != n:
+        problems.append(f'{key}.num_classes={m}')
+    evals = {}
+    for name in ('val_evaluator', 'test_evaluator'):
+        for i, ev in enumerate(_as_list(cfg.get(name) or [])):
+            if isinstance(ev, dict) and str(ev.get('type', '')).split(
+                    '.')[-1] == 'Accuracy':
+                topk = _as_list(ev.get('topk', 1))
+                if max(topk) > n:
+                    where = name if isinstance(cfg.get(name), dict) else \
+                        f'{name}[{i}]'
+                    evals[where] = tuple(k for k in topk if k <= n) or (1, )
+                    problems.append(f'{where}.topk={tuple(topk)}')
+    if not problems:
+        return
+    fix = [f'model.head.num_classes={n}']
+    if m is not None:
+        fix.append(f'{key}.num_classes={n}')
+    fix += [f'{w}.topk=' + (str(t[0]) if len(t) == 1 else
+                            f'"{t}"'.replace(' ', '')) for w, t in evals.items()]
+    raise ValueError(
+        f'model.head.num_classes={n} disagrees with {", ".join(problems)} '
+        f'(top-k needs k <= the number of classes). For {n} classes set '
+        f'them together: --cfg-options {" ".join(fix)}')
+
+
 def _sync_bn_names(model):
     return [n for n, m in model.named_modules()
             if isinstance(m, torch.nn.SyncBatchNorm)]
@@ -109,6 +162,7 @@ def install() -> None:
     def wrap_model(self, model_wrapper_cfg, model):
         batch_size = _batch_size(self.cfg)
         check_image_channels(self.cfg)  # 3-channel images for the model
+        check_class_counts(self.cfg)
         if not is_model_wrapper(model):
             note = frozen_stages_note(self.cfg, model)
             if note:
