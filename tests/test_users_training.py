@@ -369,3 +369,52 @@ def test_class_count_check_runs_before_the_first_step(data_dirs, tmp_path):
     cfg.data_preprocessor.num_classes = 1000
     with pytest.raises(ValueError, match=r'data_preprocessor.num_classes=3'):
         run_cfg(cfg, tmp_path / 'work', iters=1, test=False)
+
+
+# ------------------------------------ new user: a smaller encoder than shipped
+TINY_ARCH = {
+    'Swin': dict(arch=dict(embed_dims=32, depths=[1, 1, 1, 1],
+                           num_heads=[1, 2, 2, 4])),  # last stage 256
+    'PVT': dict(arch=dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                          num_heads=[1, 1, 1, 1], mlp_ratios=[1, 1, 1, 1])),
+    'SVT': dict(arch=dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                          num_heads=[1, 1, 1, 1], patch_sizes=[4, 2, 2, 2],
+                          strides=[4, 2, 2, 2], mlp_ratios=[1, 1, 1, 1],
+                          sr_ratios=[8, 4, 2, 1], window_sizes=[7, 7, 7, 7])),
+    'ViT': dict(arch=dict(embed_dims=96, num_layers=12, num_heads=2,
+                          feedforward_channels=192)),
+}
+
+
+def tiny_arch(backbone_type):
+    name = backbone_type.split('.')[-1]
+    for key in ('PVT', 'SVT', 'Twins', 'ViT', 'Swin'):
+        if key in name:
+            return TINY_ARCH['SVT' if key == 'Twins' else key]
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize('cfg_path', PRETRAIN_CFGS)
+def test_smaller_encoder_decoder_width_checked(cfg_path):
+    """Every pre-training config with only its encoder made smaller: the
+    decoder's declared input width is checked against the encoder's last
+    stage with the fix (or, LocalMIM, derived from it), not a matmul shape
+    error in the first step."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope, MODELS
+
+    from mmum.utils.runner_checks import check_decoder_width
+    cfg = Config.fromfile(osp.join(ROOT, cfg_path))
+    cfg.model.backbone.update(tiny_arch(cfg.model.backbone.type))
+    with DefaultScope.overwrite_default_scope(
+            cfg.get('default_scope') or 'mmum'):
+        def build():
+            return MODELS.build(cfg.model)
+        neck = cfg.model.get('neck') or {}
+        if 'embed_dim' in neck or 'in_channels' in neck:
+            key = 'embed_dim' if 'embed_dim' in neck else 'in_channels'
+            with pytest.raises(ValueError, match=rf'model\.neck\.{key}=') as e:
+                check_decoder_width(cfg, build())
+            fix = str(e.value).split('--cfg-options ')[1]
+            cfg.merge_from_dict({fix.split('=')[0]: int(fix.split('=')[1])})
+        check_decoder_width(cfg, build())

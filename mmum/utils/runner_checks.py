@@ -36,6 +36,12 @@ script):
    ``topk`` disagree stops before training with the one override that
    fixes them all (:func:`check_class_counts`), instead of a shape error in
    the first step or a top-5 error after the first training epoch.
+7. **Decoder width follows the encoder.** A pre-training model whose neck
+   declares an input width (``embed_dim`` of the UM-MAE / GreenMIM / MAE
+   decoders, ``in_channels`` of SimMIM's) other than the width of the
+   encoder's last stage stops with the fix (:func:`check_decoder_width`),
+   instead of "mat1 and mat2 shapes cannot be multiplied" in the first step.
+   (LocalMIM's decoders take their widths from the encoder.)
 """
 import functools
 
@@ -142,6 +148,42 @@ def check_class_counts(cfg) -> None:
         f'them together: --cfg-options {" ".join(fix)}')
 
 
+def encoder_width(backbone):
+    """Channels of the last stage's output of an mmum / mmpretrain encoder
+    (Swin: the last stage's ``out_channels``; PVT, Twins: ``embed_dims[-1]``;
+    ViT: ``embed_dims``), or None when unknown."""
+    stages = getattr(backbone, 'stages', None)
+    if stages is not None and len(stages) and hasattr(stages[-1],
+                                                       'out_channels'):
+        return stages[-1].out_channels
+    dims = getattr(backbone, 'embed_dims', None)
+    if isinstance(dims, (list, tuple)):
+        return dims[-1]
+    return dims if isinstance(dims, int) else None
+
+
+def check_decoder_width(cfg, model) -> None:
+    """The pre-training neck's declared input width against the encoder.
+
+    Raises:
+        ValueError: naming ``model.neck.<key>``, the encoder's width and
+            the override that fixes it.
+    """
+    neck_cfg = ((cfg or {}).get('model') or {}).get('neck') or {}
+    if not isinstance(neck_cfg, dict):
+        return
+    key = next((k for k in ('embed_dim', 'in_channels')
+                if isinstance(neck_cfg.get(k), int)), None)
+    width = encoder_width(getattr(model, 'backbone', None))
+    if key is None or width is None or neck_cfg[key] == width:
+        return
+    raise ValueError(
+        f'model.neck.{key}={neck_cfg[key]} ({neck_cfg.get("type")}), but '
+        f'the encoder ({type(model.backbone).__name__}) outputs {width} '
+        f'channels from its last stage: the decoder reads that output. '
+        f'Set them together, e.g. --cfg-options model.neck.{key}={width}')
+
+
 def _sync_bn_names(model):
     return [n for n, m in model.named_modules()
             if isinstance(m, torch.nn.SyncBatchNorm)]
@@ -164,6 +206,7 @@ def install() -> None:
         check_image_channels(self.cfg)  # 3-channel images for the model
         check_class_counts(self.cfg)
         if not is_model_wrapper(model):
+            check_decoder_width(self.cfg, model)
             note = frozen_stages_note(self.cfg, model)
             if note:
                 print_log(note, logger='current', level=30)
