@@ -418,3 +418,133 @@ def test_smaller_encoder_decoder_width_checked(cfg_path):
             fix = str(e.value).split('--cfg-options ')[1]
             cfg.merge_from_dict({fix.split('=')[0]: int(fix.split('=')[1])})
         check_decoder_width(cfg, build())
+
+
+# -------------------------------------------------- new user: log noise
+@pytest.mark.parametrize('tool', [
+    'tools/train.py', 'tools/test.py',
+    'tools/analysis_tools/visualize_reconstruction.py',
+    'tools/analysis_tools/transfer_check.py'])
+def test_tool_help_answers_before_heavy_imports(tool):
+    """``--help`` parses the arguments before importing torch / mmengine /
+    mmum (it answered after 16-48 s of imports before)."""
+    code = ('import runpy, sys\n'
+            f'sys.argv = [{tool!r}, "--help"]\n'
+            'try:\n'
+            f'    runpy.run_path({tool!r}, run_name="__main__")\n'
+            'except SystemExit:\n'
+            '    pass\n'
+            'print("HEAVY", sorted(m for m in ("torch", "mmengine", "mmum")'
+            ' if m in sys.modules))\n')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'usage:' in out
+    assert 'HEAVY []' in out, out[-500:]
+
+
+def test_console_shows_one_line_per_bulky_block(tmp_path, capsys):
+    """Per-parameter optimizer options and init lines, the config and the
+    environment take a line each on the console; the log file keeps all."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    log_file = tmp_path / 'run.log'
+    logger = MMLogger.get_instance(f'quiet_{os.getpid()}',
+                                   log_file=str(log_file))
+    for i in range(50):
+        logger.info(f'paramwise_options -- backbone.p{i}:lr=0.1')
+        logger.info(f'\nbackbone.p{i} - torch.Size([4, 4]): \nInit \n ')
+    logger.info('Config:\n' + 'a = 1\n' * 299 + 'a = 1')
+    logger.info('\n----\nSystem environment:\n    Python: 3.11.7 (main)\n'
+                '    PyTorch: 2.14.1\n\nRuntime environment:\n    seed: 0\n')
+    logger.info('the first iteration')
+    logger.warning('paramwise_options -- kept: a warning is never hidden')
+    for h in logger.handlers:
+        h.flush()
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) <= 6, out
+    assert 'config: 300 lines' in out and 'Python 3.11.7' in out
+    assert 'the first iteration' in out and 'kept' in out
+    text = log_file.read_text()
+    assert text.count('paramwise_options -- backbone.') == 50
+    assert text.count('a = 1') == 300
+    for h in list(logger.handlers):
+        if isinstance(h, logging.FileHandler):
+            h.close()
+            logger.removeHandler(h)
+
+
+# ------------------------------------------- new user: transfer smoke check
+def _load_transfer_check():
+    from _tiny_runs import load_tool
+    return load_tool('analysis_tools/transfer_check')
+
+
+def _backbone_checkpoint(cfg, path):
+    """A checkpoint whose ``backbone.`` entries are the (random) weights of
+    ``cfg``'s backbone, as a pre-training run writes them."""
+    from mmengine.registry import DefaultScope, MODELS
+    bb = dict(cfg.model.backbone, init_cfg=None)
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        state = MODELS.build(bb).state_dict()
+    torch.save(dict(state_dict={f'backbone.{k}': v
+                                for k, v in state.items()}), path)
+    return str(path)
+
+
+@pytest.mark.parametrize('case', ['gfl_swin', 'upernet_pvt',
+                                  'mask_rcnn_twins', 'ft_um_mae_swin_t'])
+def test_transfer_check_runs_a_checkpoint_in_a_downstream_config(
+        case, data_dirs, tmp_path):
+    """The tool loads the checkpoint's encoder into the detector /
+    segmentor / classifier and runs forward and backward on tiny images;
+    every trainable backbone parameter gets a gradient."""
+    from _ddp_downstream import tiny_cfg
+    tool = _load_transfer_check()
+    cfg = tiny_cfg(case, data_dirs)
+    ckpt = _backbone_checkpoint(cfg, tmp_path / 'pre.pth')
+    lines = []
+    report = tool.check(cfg, ckpt, size=64, log=lines.append)
+    assert report['loaded'] > 0.8 * report['total'], lines
+    assert report['outputs'] and report['no_grad'] == []
+
+
+def test_transfer_check_finds_an_unread_stage_and_a_wrong_checkpoint(
+        data_dirs, tmp_path):
+    """The GFL layout before the fix (stage 0 output, FPN from level 1) is
+    reported (DDP would stop on it); a checkpoint of another width fails
+    with the loader's message and exit status 1."""
+    from mmengine.config import Config
+    from _ddp_downstream import tiny_cfg
+    tool = _load_transfer_check()
+    cfg = tiny_cfg('gfl_swin', data_dirs)
+    ckpt = _backbone_checkpoint(cfg, tmp_path / 'pre.pth')
+    cfg.model.backbone.out_indices = (0, 1, 2, 3)
+    cfg.model.neck.update(in_channels=[32, 64, 128, 256], start_level=1)
+    report = tool.check(cfg, ckpt, size=64, log=lambda s: None)
+    assert 'norm0.weight' in report['no_grad']
+    other = Config.fromfile(osp.join(ROOT, CASES['gfl_swin']))
+    other.model.backbone.update(arch=dict(embed_dims=16, depths=[2, 2, 2, 2],
+                                          num_heads=[1, 1, 2, 2]),
+                                img_size=64, window_size=4)
+    wrong = _backbone_checkpoint(other, tmp_path / 'wrong.pth')
+    with pytest.raises(Exception):
+        tool.check(cfg, wrong, size=64, log=lambda s: None)
+
+
+def test_transfer_check_command_line(tmp_path, capsys):
+    """The command on a shipped config (PVT-S fine-tuning, full size) with
+    a checkpoint of its encoder: exit status 0 and the three lines."""
+    from mmengine.config import Config
+    tool = _load_transfer_check()
+    cfg_path = osp.join(ROOT, 'configs/finetune/um_mae_pvt_s_100e.py')
+    ckpt = _backbone_checkpoint(Config.fromfile(cfg_path),
+                                tmp_path / 'pvt.pth')
+    assert tool.main([cfg_path, ckpt, '--size', '64']) == 0
+    out = capsys.readouterr().out
+    assert 'tensors equal the checkpoint' in out
+    assert 'transfer check passed' in out
+    bad = tmp_path / 'page.pth'
+    bad.write_text('<html>not found</html>')
+    assert tool.main([cfg_path, str(bad), '--size', '64']) == 1
+    assert 'transfer check FAILED' in capsys.readouterr().out

@@ -42,6 +42,8 @@ script):
    encoder's last stage stops with the fix (:func:`check_decoder_width`),
    instead of "mat1 and mat2 shapes cannot be multiplied" in the first step.
    (LocalMIM's decoders take their widths from the encoder.)
+
+It also logs a short config summary (:mod:`mmum.utils.quiet_logs`).
 """
 import functools
 
@@ -196,6 +198,7 @@ def install() -> None:
     from mmengine.runner import Runner
 
     from mmum.datasets.checks import check_image_channels
+    from mmum.utils.quiet_logs import config_summary
     wrap = Runner.wrap_model
     if getattr(wrap, _FLAG, False):
         return
@@ -203,6 +206,7 @@ def install() -> None:
     @functools.wraps(wrap)
     def wrap_model(self, model_wrapper_cfg, model):
         batch_size = _batch_size(self.cfg)
+        self.logger.info(config_summary(self.cfg))
         check_image_channels(self.cfg)  # 3-channel images for the model
         check_class_counts(self.cfg)
         if not is_model_wrapper(model):
