@@ -548,3 +548,38 @@ def test_transfer_check_command_line(tmp_path, capsys):
     bad.write_text('<html>not found</html>')
     assert tool.main([cfg_path, str(bad), '--size', '64']) == 1
     assert 'transfer check FAILED' in capsys.readouterr().out
+
+
+# -------------------------------------------- new user: distributed failures
+@pytest.mark.slow  # one 2-process launch: ~1 min
+def test_first_failing_rank_error_is_printed_last(tmp_path):
+    """Rank 1 fails; rank 0 then fails in gloo ("Connection closed by
+    peer"). The screen ends with rank 1's error (torchrun's "Root Cause"
+    block, which tools/train.py fills by recording each rank's error), not
+    with rank 0's follow-up."""
+    import re
+
+    from _tiny_runs import make_imagenet_folder as folder
+    data = folder(str(tmp_path / 'inet'), num=8, size=160)
+    cfg = tmp_path / 'fail.py'
+    cfg.write_text(
+        f"_base_ = {osp.join(ROOT, 'tests/configs/rel_green_mim.py')!r}\n"
+        "custom_imports = dict(imports=['mmum', '_ddp_probe', "
+        "'_reliability_probe', '_fail_probe'], allow_failed_imports=False)\n"
+        "custom_hooks = _base_.custom_hooks + "
+        "[dict(type='FailOnRankOneHook')]\n")
+    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=str(free_port()),
+               PYTHONPATH=osp.join(ROOT, 'tests'))
+    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+    proc = subprocess.run(
+        ['bash', 'tools/dist_train.sh', str(cfg), '2', '--work-dir',
+         str(tmp_path / 'work'), '--cfg-options',
+         f'train_dataloader.dataset.data_root={data}'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines()
+              if re.search(r'\w+Error: ', line)]
+    assert errors and 'rank 1 failed on purpose' in errors[-1], out[-3000:]
+    tail = out[out.rindex('Root Cause'):]
+    assert 'rank      : 1' in tail

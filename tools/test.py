@@ -75,4 +75,9 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    if os.environ.get('TORCHELASTIC_ERROR_FILE'):
+        # under torchrun: the report ends with the first failing rank's error
+        from torch.distributed.elastic.multiprocessing.errors import record
+        record(main)()
+    else:
+        main()

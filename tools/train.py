@@ -105,4 +105,11 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    if os.environ.get('TORCHELASTIC_ERROR_FILE'):
+        # under torchrun (tools/dist_train.sh): each rank records its error,
+        # and torchrun ends its report with the first failing rank's
+        # traceback ("Root Cause"), not another rank's follow-up error
+        from torch.distributed.elastic.multiprocessing.errors import record
+        record(main)()
+    else:
+        main()
