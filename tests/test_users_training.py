@@ -583,3 +583,28 @@ def test_first_failing_rank_error_is_printed_last(tmp_path):
     assert errors and 'rank 1 failed on purpose' in errors[-1], out[-3000:]
     tail = out[out.rindex('Root Cause'):]
     assert 'rank      : 1' in tail
+
+
+@pytest.mark.parametrize('cfg_path', sorted(
+    f'configs/finetune/{f}' for f in os.listdir(
+        osp.join(ROOT, 'configs', 'finetune')) if f.endswith('.py')))
+def test_finetuning_configs_name_broken_images(cfg_path, tmp_path):
+    """Fine-tuning on one's own class folders: an unreadable image is
+    skipped in training (warning) and named in validation (OSError)."""
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS, DefaultScope
+    cfg = Config.fromfile(osp.join(ROOT, cfg_path))
+    write_images(tmp_path, ['a/1.jpg', 'b/2.jpg'], size=300)
+    (tmp_path / 'a' / 'empty.jpg').write_bytes(b'')
+    built = {}
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        for split in ('train', 'val'):
+            ds = dict(cfg[f'{split}_dataloader'].dataset,
+                      type='CustomDataset', data_root=str(tmp_path))
+            ds.pop('split', None)
+            built[split] = DATASETS.build(ds)
+    empty = [i for i in range(3) if built['val'].get_data_info(i)[
+        'img_path'].endswith('empty.jpg')][0]
+    assert built['train'][empty] is not None  # another image instead
+    with pytest.raises(OSError, match='empty.jpg'):
+        built['val'][empty]
