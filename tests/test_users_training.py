@@ -111,6 +111,7 @@ def data_dirs(tmp_path_factory):
                                               num=4, size=64))
 
 
+@pytest.mark.slow  # a Runner with a tiny UperNet: ~15-30 s
 def test_upernet_one_image_per_process_says_batch_size(data_dirs, tmp_path):
     """UperNet (BN in the pyramid pooling) with one image per process: a
     ValueError naming the layer, ``batch_size=1`` and the fixes, not torch's
@@ -227,6 +228,14 @@ def test_image_folder_takes_any_layout(tmp_path, layout):
         assert [ds.get_data_info(i)['gt_label'] for i in (0, 1)] == [1, 0]
     else:
         assert sorted(got) == sorted(names)  # only images, every one
+        labels = [ds.get_data_info(i).get('gt_label') for i in range(len(ds))]
+        if layout in ('classes', 'train_classes'):  # class = first folder
+            classes = ds.metainfo['classes']
+            level = 0 if layout == 'classes' else 1  # below train/
+            assert len(classes) == 2 and labels == [
+                classes.index(n.split('/')[level]) for n in got]
+        else:
+            assert labels == [None] * len(got)
 
 
 def test_image_folder_errors_name_the_fix(tmp_path):
@@ -532,6 +541,7 @@ def test_transfer_check_finds_an_unread_stage_and_a_wrong_checkpoint(
         tool.check(cfg, wrong, size=64, log=lambda s: None)
 
 
+@pytest.mark.slow  # builds and runs the full-size PVT-S: ~20 s
 def test_transfer_check_command_line(tmp_path, capsys):
     """The command on a shipped config (PVT-S fine-tuning, full size) with
     a checkpoint of its encoder: exit status 0 and the three lines."""
@@ -585,9 +595,17 @@ def test_first_failing_rank_error_is_printed_last(tmp_path):
     assert 'rank      : 1' in tail
 
 
-@pytest.mark.parametrize('cfg_path', sorted(
+FINETUNE_CFGS = sorted(
     f'configs/finetune/{f}' for f in os.listdir(
-        osp.join(ROOT, 'configs', 'finetune')) if f.endswith('.py')))
+        osp.join(ROOT, 'configs', 'finetune')) if f.endswith('.py'))
+# the two configs that define the pipelines; the others inherit them (slow)
+OWN_PIPELINES = ('configs/finetune/um_mae_swin_t_100e.py',
+                 'configs/finetune/green_mim_swin_b_100e.py')
+
+
+@pytest.mark.parametrize('cfg_path', [
+    p if p in OWN_PIPELINES else pytest.param(p, marks=pytest.mark.slow)
+    for p in FINETUNE_CFGS])
 def test_finetuning_configs_name_broken_images(cfg_path, tmp_path):
     """Fine-tuning on one's own class folders: an unreadable image is
     skipped in training (warning) and named in validation (OSError)."""

@@ -13,7 +13,8 @@ IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
 
 @DATASETS.register_module()
 class ImageFolder(BaseDataset):
-    """Every image of a folder, for pre-training (which needs no labels).
+    """Every image of a folder: for pre-training (which needs no labels),
+    and, with one sub-folder per class, for fine-tuning.
 
     Where the images are listed, first match wins:
 
@@ -28,8 +29,11 @@ class ImageFolder(BaseDataset):
 
     The image folder is ``<data_root>/<data_prefix>`` when ``data_prefix``
     is given, else ``<data_root>/<split>`` when that folder exists, else
-    ``data_root`` itself. A listed label becomes ``gt_label``; images found
-    by the scan have none.
+    ``data_root`` itself. A listed label becomes ``gt_label``. When the scan
+    finds every image inside a sub-folder of the image folder, the
+    sub-folders are the classes (sorted names, label = index, in
+    ``metainfo['classes']``, as torchvision's ``ImageFolder``); images
+    directly in the image folder make the set unlabeled.
 
     Args:
         data_root (str): The dataset folder.
@@ -91,7 +95,7 @@ class ImageFolder(BaseDataset):
             if not osp.isdir(folder):
                 raise FileNotFoundError(
                     f'ImageFolder: image folder {folder!r} does not exist')
-            data_list = [dict(img_path=p) for p in self._scan(folder)]
+            data_list = self._labelled(folder, self._scan(folder))
             source = f'under {folder!r}'
         if not data_list:
             raise ValueError(
@@ -115,6 +119,18 @@ class ImageFolder(BaseDataset):
                     info['img_path'] = osp.join(folder, line.strip())
                 data_list.append(info)
         return data_list
+
+    def _labelled(self, folder: str, paths: List[str]) -> List[dict]:
+        """Class = first sub-folder, if every image is in one."""
+        first = [osp.relpath(p, folder).split(os.sep)[0] for p in paths]
+        if not paths or any(f == osp.basename(p)
+                            for f, p in zip(first, paths)):
+            return [dict(img_path=p) for p in paths]
+        classes = sorted(set(first))
+        self._metainfo['classes'] = tuple(classes)
+        index = {c: i for i, c in enumerate(classes)}
+        return [dict(img_path=p, gt_label=index[f])
+                for p, f in zip(paths, first)]
 
     def _scan(self, folder: str) -> List[str]:
         paths = []
