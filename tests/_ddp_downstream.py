@@ -62,8 +62,9 @@ def tiny_backbone(backbone, size=SIZE):
         backbone.update(arch=SWIN_TINY, img_size=size, window_size=4,
                         pad_small_map=True)
     backbone.init_cfg = None
-    return dict(SVT=TWINS_TINY['embed_dims'], GreenTwins=TWINS_TINY[
-        'embed_dims'], PVT=PVT_TINY['embed_dims']).get(kind, [32, 64, 128, 256])
+    twins = TWINS_TINY['embed_dims']
+    return dict(SVT=twins, GreenTwins=twins,
+                PVT=PVT_TINY['embed_dims']).get(kind, [32, 64, 128, 256])
 
 
 def _walk(obj, fn):

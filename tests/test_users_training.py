@@ -138,7 +138,8 @@ def test_batchnorm_check_passes_two_values():
     bn.eval()
     bn(torch.randn(1, 4, 1, 1))  # eval uses running statistics
     bn.train()
-    with pytest.raises(ValueError, match=r'bn \(BatchNorm2d\).*\(1, 4, 1, 1\)'):
+    with pytest.raises(ValueError,
+                       match=r'bn \(BatchNorm2d\).*\(1, 4, 1, 1\)'):
         bn(torch.randn(1, 4, 1, 1))
 
 

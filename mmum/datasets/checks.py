@@ -90,7 +90,8 @@ def check_image_channels(cfg) -> None:
                    'with alpha)')
             raise ValueError(
                 f"{path}: {t['type']}(color_type={color!r}) gives images "
-                f'with {got}, but the model takes 3 (RGB: the data preprocessor\'s '
+                f'with {got}, but the model takes 3 (RGB: the data '
+                f'preprocessor\'s '
                 f'mean / std and to_rgb, the patch embedding). Use '
                 f"color_type='color' (the default): grayscale files are "
                 f'loaded as 3 equal channels, so the pre-trained 3-channel '

@@ -142,8 +142,10 @@ def check_class_counts(cfg) -> None:
     fix = [f'model.head.num_classes={n}']
     if m is not None:
         fix.append(f'{key}.num_classes={n}')
-    fix += [f'{w}.topk=' + (str(t[0]) if len(t) == 1 else
-                            f'"{t}"'.replace(' ', '')) for w, t in evals.items()]
+    for where, topk in evals.items():
+        value = str(topk[0]) if len(topk) == 1 else \
+            f'"{topk}"'.replace(' ', '')
+        fix.append(f'{where}.topk={value}')
     raise ValueError(
         f'model.head.num_classes={n} disagrees with {", ".join(problems)} '
         f'(top-k needs k <= the number of classes). For {n} classes set '
