@@ -81,9 +81,10 @@ def tiny_detector(case, checkpoint, data_root):
     for part in ('rpn_head', 'roi_head', 'bbox_head', 'neck'):
         if part in m:
             _walk(m[part], _narrow)
-    m.neck.in_channels = dict(swin=[32, 64, 128, 256],
-                              pvt=PVT_TINY['embed_dims'],
-                              twins=TWINS_TINY['embed_dims'])[arch]
+    dims = dict(swin=[32, 64, 128, 256], pvt=PVT_TINY['embed_dims'],
+                twins=TWINS_TINY['embed_dims'])[arch]
+    # the stages the config outputs (GFL: 1-3, the ones its FPN reads)
+    m.neck.in_channels = [dims[i] for i in m.backbone.out_indices]
     # a detector after 2 tiny steps scores ~0.01: keep every box, so that
     # CocoMetric has detections to score
     _walk(m.test_cfg, lambda d: d.update(score_thr=0.0) if 'score_thr' in d

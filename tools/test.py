@@ -10,13 +10,8 @@ import argparse
 import os
 import os.path as osp
 
-import mmum  # noqa: F401  registers the mmum scope, installs compat shims
-from mmengine.config import Config, DictAction
-from mmengine.evaluator import DumpResults
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from mmum.utils.dist import setup_cpu_distributed
+# mmum, mmengine and torch are imported in main(), after the arguments are
+# parsed, so that --help and a wrong argument answer at once
 
 
 def parse_args(argv=None):
@@ -26,7 +21,7 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='where to save the metrics')
     parser.add_argument('--out', help='dump the predictions to this pickle')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options', nargs='+', metavar='KEY=VALUE',
         help='override config entries, e.g. test_dataloader.batch_size=8; '
         'merged into the config last')
     parser.add_argument('--launcher', default='none',
@@ -40,6 +35,18 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import mmum  # noqa: F401  registers the mmum scope, installs compat shims
+    from mmengine.config import Config, DictAction
+    from mmengine.evaluator import DumpResults
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from mmum.utils.dist import setup_cpu_distributed
+    if args.cfg_options is not None:
+        ns = argparse.Namespace()
+        DictAction(option_strings=['--cfg-options'], dest='opts')(
+            None, ns, args.cfg_options)
+        args.cfg_options = ns.opts
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} not found')
     cfg = Config.fromfile(args.config)
@@ -68,4 +75,9 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    if os.environ.get('TORCHELASTIC_ERROR_FILE'):
+        # under torchrun: the report ends with the first failing rank's error
+        from torch.distributed.elastic.multiprocessing.errors import record
+        record(main)()
+    else:
+        main()

@@ -13,15 +13,20 @@ import argparse
 import os
 import os.path as osp
 
-import mmum  # noqa: F401  registers the mmum scope, installs compat shims
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+# mmum, mmengine and torch are imported in main(), after the arguments are
+# parsed, so that --help and a wrong argument answer at once
 
-from mmum.datasets.checks import check_train_data
-from mmum.engine.checkpoint import check_resume_checkpoint
-from mmum.engine.hooks.freezeout_hook import check_freezeout_config
-from mmum.utils.dist import cpu_fallback_amp, setup_cpu_distributed
+
+def cfg_options_dict(values):
+    """``KEY=VALUE`` strings of ``--cfg-options`` as mmengine's DictAction
+    parses them (``None`` stays ``None``)."""
+    if values is None:
+        return None
+    from mmengine.config import DictAction
+    ns = argparse.Namespace()
+    DictAction(option_strings=['--cfg-options'], dest='opts')(None, ns,
+                                                              values)
+    return ns.opts
 
 
 def parse_args(argv=None):
@@ -40,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (fp32 without CUDA)')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options', nargs='+', metavar='KEY=VALUE',
         help='override config entries, e.g. train_cfg.max_iters=10 '
         'key="[a,b]"; merged into the config last')
     parser.add_argument('--launcher', default='none',
@@ -69,13 +74,23 @@ def merge_args(cfg, args):
     if args.resume is not None:
         cfg.resume = True
         cfg.load_from = None if args.resume == 'auto' else args.resume
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    options = cfg_options_dict(args.cfg_options)
+    if options is not None:
+        cfg.merge_from_dict(options)
     return cfg
 
 
 def main(argv=None):
     args = parse_args(argv)
+    import mmum  # noqa: F401  registers the mmum scope, installs compat shims
+    from mmengine.config import Config
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from mmum.datasets.checks import check_train_data
+    from mmum.engine.checkpoint import check_resume_checkpoint
+    from mmum.engine.hooks.freezeout_hook import check_freezeout_config
+    from mmum.utils.dist import cpu_fallback_amp, setup_cpu_distributed
     cfg = merge_args(Config.fromfile(args.config), args)
     check_train_data(cfg)  # clear errors for a missing / empty data root
     check_freezeout_config(cfg)  # FreezeOutLR needs its FreezeOutHook
@@ -90,4 +105,11 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    if os.environ.get('TORCHELASTIC_ERROR_FILE'):
+        # under torchrun (tools/dist_train.sh): each rank records its error,
+        # and torchrun ends its report with the first failing rank's
+        # traceback ("Root Cause"), not another rank's follow-up error
+        from torch.distributed.elastic.multiprocessing.errors import record
+        record(main)()
+    else:
+        main()

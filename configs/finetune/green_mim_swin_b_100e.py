@@ -39,7 +39,20 @@ model = dict(
     head=dict(in_channels=1024))
 
 # 8 GPUs x 128 images x 2 accumulation steps = 2048
-train_dataloader = dict(batch_size=128)
+# an image that cannot be read: skipped in training with a warning naming
+# it, an error naming it in validation (mmum.SafeLoadImageFromFile)
+train_dataloader = dict(
+    batch_size=128,
+    dataset=dict(pipeline=[
+        dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
+        *_base_.train_dataloader.dataset.pipeline[1:]
+    ]))
+val_dataloader = dict(
+    dataset=dict(pipeline=[
+        dict(type='mmum.SafeLoadImageFromFile', on_error='raise'),
+        *_base_.val_dataloader.dataset.pipeline[1:]
+    ]))
+test_dataloader = val_dataloader
 
 optim_wrapper = dict(
     optimizer=dict(lr=1.25e-4 * 2048 / 256),

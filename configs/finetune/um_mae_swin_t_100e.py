@@ -34,7 +34,20 @@ model = dict(
     head=dict(in_channels=768))
 
 # 8 GPUs x 64 images x 2 accumulation steps = 1024
-train_dataloader = dict(batch_size=64)
+# an image that cannot be read: skipped in training with a warning naming
+# it, an error naming it in validation (mmum.SafeLoadImageFromFile)
+train_dataloader = dict(
+    batch_size=64,
+    dataset=dict(pipeline=[
+        dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
+        *_base_.train_dataloader.dataset.pipeline[1:]
+    ]))
+val_dataloader = dict(
+    dataset=dict(pipeline=[
+        dict(type='mmum.SafeLoadImageFromFile', on_error='raise'),
+        *_base_.val_dataloader.dataset.pipeline[1:]
+    ]))
+test_dataloader = val_dataloader
 
 # AdamW, blr 5e-4 x 1024 / 256, layer-wise lr decay 0.85 (patch embedding
 # depth 0, block j of stage i sum(depths[:i]) + j + 1, head L-1), 5 warm-up

@@ -52,7 +52,16 @@ train_dataloader = dict(
     batch_size=256,
     # the mmpretrain base's dicts carry `_scope_`, which default_collate
     # would receive as a keyword
-    collate_fn=dict(_delete_=True, type='default_collate'))
+    collate_fn=dict(_delete_=True, type='default_collate'),
+    # any folder of images (labels unused; the ImageNet layout reads
+    # meta/train.txt): mmum.ImageFolder. An image that cannot be read is
+    # skipped with a warning naming it (docs/own_config.md)
+    dataset=dict(
+        type='mmum.ImageFolder',
+        pipeline=[
+            dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
+            *_base_.train_dataloader.dataset.pipeline[1:]
+        ]))
 
 # AdamW, blr 1.5e-4 scaled by batch / 256, betas (0.9, 0.999) as in the
 # paper, in one param group per set of equal options (the same updates as

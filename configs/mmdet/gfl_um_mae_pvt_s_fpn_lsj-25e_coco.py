@@ -10,6 +10,7 @@ pretrained = 'work_dirs/um_mae_pvt_s_100e/epoch_100.pth'
 model = dict(
     backbone=dict(
         _base_.um_mae_pvt_s_dense, _delete_=True, img_size=1024,
+        out_indices=(1, 2, 3),  # what GFL's FPN reads (see the Swin-T one)
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 320, 512]))
+    neck=dict(in_channels=[128, 320, 512]))

@@ -6,6 +6,8 @@
 # pre-training checkpoint itself); both keep the `backbone.` prefix:
 #   tools/dist_train.sh configs/mmdet/gfl_um_mae_swin_t_fpn_lsj-25e_coco.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/um_mae_swin_t_100e/epoch_100.pth
+# frozen_stages=k (if you add it) freezes the stem and stages 0..k, one
+# stage more than mmdet's / mmseg's Swin for the same k (docs/own_config.md).
 _base_ = [
     'mmdet::gfl/gfl_r50_fpn_1x_coco.py',
     '../_base_/models/um_mae_dense_backbones.py',
@@ -20,9 +22,14 @@ model = dict(
     # the pre-training architecture (released UM-MAE layout)
     backbone=dict(
         _base_.um_mae_swin_dense, _delete_=True, arch='tiny', img_size=1024,
+        out_indices=(1, 2, 3),
         init_cfg=dict(
             type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+    # GFL's FPN reads strides 8-32 (mmdet's start_level=1 of 4 maps): the
+    # backbone outputs (and builds output norms for) only stages 1-3, so
+    # every parameter gets a gradient (DDP needs that; an unread stage-0
+    # norm stops it after one iteration). Same FPN parameters as before.
+    neck=dict(in_channels=[192, 384, 768], start_level=0))
 
 backend_args = None
 train_pipeline = [

@@ -25,6 +25,8 @@
 #
 #   tools/dist_train.sh configs/mmdet/htcpp_um_mae_swin_l_fpn_ms-36e_coco.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/um_mae_swin_l_100e/epoch_100.pth
+# frozen_stages=k (if you add it) freezes the stem and stages 0..k, one
+# stage more than mmdet's / mmseg's Swin for the same k (docs/own_config.md).
 _base_ = [
     'mmdet::htc/htc_r50_fpn_1x_coco.py',
     '../_base_/models/um_mae_dense_backbones.py',

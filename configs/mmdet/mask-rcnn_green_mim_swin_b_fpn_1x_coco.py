@@ -5,6 +5,9 @@
 # ImageNet fine-tuning) checkpoint by their `backbone.` prefix:
 #   tools/dist_train.sh configs/mmdet/mask-rcnn_green_mim_swin_b_fpn_1x_coco.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/green_mim_swin_b_800e/epoch_800.pth
+# mmpretrain's SwinTransformer counts frozen_stages as mmpretrain does
+# (stem + stages 0..k), one stage more than mmdet's Swin for the same k
+# (docs/own_config.md).
 _base_ = [
     'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
     '../_base_/models/encoder_layouts.py',

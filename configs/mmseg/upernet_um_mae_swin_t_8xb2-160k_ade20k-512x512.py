@@ -9,6 +9,8 @@
 # The heads use SyncBN (multi-GPU); for one process or CPU override it:
 #   --cfg-options model.decode_head.norm_cfg.type=BN \
 #       model.auxiliary_head.norm_cfg.type=BN
+# frozen_stages=k (if you add it) freezes the stem and stages 0..k, one
+# stage more than mmdet's / mmseg's Swin for the same k (docs/own_config.md).
 _base_ = [
     'mmseg::_base_/models/upernet_swin.py',
     'mmseg::_base_/datasets/ade20k.py',

@@ -13,16 +13,25 @@ model = dict(
         sampling='UM',
         secondary_ratio=0.25))
 
-# 8 GPUs x 128 images x 4 accumulation steps = 4096 (paper Table 8); one
-# param group per set of equal options (same updates, faster step)
 # the images move from pinned memory without blocking (UMViT draws its masks
 # on the device)
 data_preprocessor = dict(type='mmum.MaskedDataPreprocessor')
 
+# 8 GPUs x 128 images x 4 accumulation steps = 4096 (paper Table 8); one
+# param group per set of equal options (same updates, faster step)
 train_dataloader = dict(
     batch_size=128,
     pin_memory=True,
-    collate_fn=dict(_delete_=True, type='default_collate'))
+    collate_fn=dict(_delete_=True, type='default_collate'),
+    # any folder of images (labels unused; the ImageNet layout reads
+    # meta/train.txt): mmum.ImageFolder. An image that cannot be read is
+    # skipped with a warning naming it (docs/own_config.md)
+    dataset=dict(
+        type='mmum.ImageFolder',
+        pipeline=[
+            dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
+            *_base_.train_dataloader.dataset.pipeline[1:]
+        ]))
 optim_wrapper = dict(
     accumulative_counts=4,
     constructor='mmum.MergedGroupsOptimWrapperConstructor')

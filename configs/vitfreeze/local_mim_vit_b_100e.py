@@ -10,7 +10,16 @@ _base_ = [
 # (not built from a registry) would receive as a keyword argument
 train_dataloader = dict(
     pin_memory=True,
-    collate_fn=dict(_delete_=True, type='default_collate'))
+    collate_fn=dict(_delete_=True, type='default_collate'),
+    # any folder of images (labels unused; the ImageNet layout reads
+    # meta/train.txt): mmum.ImageFolder. An image that cannot be read is
+    # skipped with a warning naming it (docs/own_config.md)
+    dataset=dict(
+        type='mmum.ImageFolder',
+        pipeline=[
+            dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
+            *_base_.train_dataloader.dataset.pipeline[1:]
+        ]))
 # the images move from pinned memory without blocking (the masks are drawn
 # on the device, in the model)
 data_preprocessor = dict(type='mmum.MaskedDataPreprocessor')

@@ -329,8 +329,8 @@ def build_row(name: str, opts, with_cp: bool = False) -> dict:
         # by the config's own transforms
         transforms = [
             TRANSFORMS.build(t) for t in cfg.bench_pipeline
-            if t['type'].split('.')[-1] not in ('LoadImageFromFile',
-                                                'RandomResizedCrop')
+            if not t['type'].endswith(('LoadImageFromFile',  # also Safe*
+                                       'RandomResizedCrop'))
         ]
     collate = cfg.train_dataloader.get('collate_fn',
                                        dict(type='pseudo_collate'))

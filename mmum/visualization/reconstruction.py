@@ -260,8 +260,9 @@ def seeded(seed: int):
 
 def load_images(image_paths: Sequence[str], size: int, kind: str,
                 masking: Optional[dict] = None, seed: int = 0) -> List[dict]:
-    """Packed samples of ``image_paths``: short edge resized to ``size``,
-    centre crop ``size``; for UM-MAE-style models also masked by
+    """Packed samples of ``image_paths`` (those that can be loaded; the
+    others are left out with a warning naming them): short edge resized to
+    ``size``, centre crop ``size``; for UM-MAE-style models also masked by
     ``mmum.UniformMasking(**masking)`` drawn with seed ``seed`` (the
     caller's RNG states are kept)."""
     from mmengine.dataset import Compose
@@ -270,7 +271,8 @@ def load_images(image_paths: Sequence[str], size: int, kind: str,
     uniform = kind in ('um_mae', 'um_local_mim')
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         pipeline = Compose([
-            dict(type='LoadImageFromFile'),
+            # an unreadable image is left out, with a warning naming it
+            dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
             dict(type='ResizeEdge', scale=size, edge='short'),
             dict(type='CenterCrop', crop_size=size),
             *([dict(type='mmum.UniformMasking', **(masking or {}))]
@@ -279,8 +281,13 @@ def load_images(image_paths: Sequence[str], size: int, kind: str,
                  algorithm_keys=['secondary_mask'] if uniform else []),
         ])
     with seeded(seed):
-        return [pipeline(dict(img_path=p, sample_idx=i))
-                for i, p in enumerate(image_paths)]
+        items = [pipeline(dict(img_path=p, sample_idx=i))
+                 for i, p in enumerate(image_paths)]
+    items = [x for x in items if x is not None]
+    if not items:
+        raise ValueError(f'none of the images {list(image_paths)} could be '
+                         f'loaded (see the warnings above)')
+    return items
 
 
 def green_mim_mask(model, size: int, seed: int) -> torch.Tensor:

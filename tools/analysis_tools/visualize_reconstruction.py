@@ -20,14 +20,13 @@ visible mask unit.
 """
 import argparse
 
-import torch
-
-from mmum.visualization.reconstruction import find_uniform_masking  # noqa
+# torch and mmum are imported after the arguments are parsed (fast --help)
 
 
 def pixel_prediction(model, inputs, samples):
     """De-normalised per-patch predictions (B, L, p*p*3) (see
     ``UMMAE.reconstruct``), the masks and the secondary masks."""
+    import torch
     mask, _, _ = model.masks(inputs, samples)
     pred = model.head.patchify(model.reconstruct(inputs, samples))
     second = torch.stack([torch.as_tensor(s.secondary_mask) for s in samples])
@@ -54,7 +53,8 @@ def main():
     import mmum  # noqa: F401
     from mmum.registry import MODELS
     from mmum.visualization import visualize
-    from mmum.visualization.reconstruction import model_kind
+    from mmum.visualization.reconstruction import (find_uniform_masking,
+                                                   model_kind)
 
     cfg = Config.fromfile(args.config)
     if 'data_preprocessor' not in cfg.model and cfg.get('data_preprocessor'):

@@ -1,9 +1,12 @@
 # ImageNet-1K for UM-MAE pre-training at 256 px (paper Table 8), in
-# mmpretrain's layout: data/imagenet/{train,meta/train.txt}.
+# mmpretrain's layout: data/imagenet/{train,meta/train.txt}; or any folder of
+# images (mmum.ImageFolder: flat, in class folders, labels unused).
 _base_ = 'mmpretrain::_base_/datasets/imagenet_bs512_mae.py'
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    # a file that cannot be read or decoded is skipped, with a warning
+    # naming it (stock LoadImageFromFile stops with a bare OpenCV assertion)
+    dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
     dict(
         type='RandomResizedCrop',
         scale=256,
@@ -30,4 +33,4 @@ train_dataloader = dict(
     # inheriting `mmpretrain::` injects `_scope_` into every dict; the
     # collate function must not receive it
     collate_fn=dict(_delete_=True, type='default_collate'),
-    dataset=dict(pipeline=train_pipeline))
+    dataset=dict(type='mmum.ImageFolder', pipeline=train_pipeline))

@@ -5,6 +5,11 @@
 # PVT-S resizes its sin-cos table to `img_size`. A config adds `arch`,
 # `img_size` and the `init_cfg` of its checkpoint:
 #   backbone=dict(_base_.um_mae_swin_dense, _delete_=True, arch=..., ...)
+# frozen_stages=k here freezes the stem and stages 0..k (mmpretrain's
+# meaning); mmdet's / mmseg's Swin freeze 0..k-1 for the same k: subtract one
+# from a value copied from an mmdet config (docs/own_config.md).
+# out_indices: output (and build the output norm of) only the stages the
+# neck reads, or DDP stops on the unused norm (GFL: stages 1-3).
 _base_ = './encoder_layouts.py'
 
 um_mae_swin_dense = dict(

@@ -26,9 +26,10 @@ from mmum.registry import HOOKS
 
 def default_knn_pipeline(img_size: int = 224) -> List[dict]:
     """Resize the short edge to ``img_size * 8 / 7`` and centre-crop
-    ``img_size`` (the usual ImageNet test transform)."""
+    ``img_size`` (the usual ImageNet test transform). An image that cannot
+    be loaded is left out with a warning naming it, as in training."""
     return [
-        dict(type='LoadImageFromFile'),
+        dict(type='mmum.SafeLoadImageFromFile', on_error='skip'),
         dict(type='ResizeEdge', scale=img_size * 8 // 7, edge='short',
              backend='pillow', interpolation='bicubic'),
         dict(type='CenterCrop', crop_size=img_size),
@@ -126,6 +127,30 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
 
+class _Loaded(torch.utils.data.Dataset):
+    """``(index, sample)`` of ``indices`` of a dataset, the sample ``None``
+    when its pipeline skipped it (an unreadable image), instead of the
+    random other sample ``BaseDataset.__getitem__`` would fetch."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        idx = self.indices[i]
+        return idx, self.dataset.prepare_data(idx)
+
+
+def _collate_loaded(batch):
+    """(indices, collated samples) of the loaded samples, or None."""
+    kept = [(i, s) for i, s in batch if s is not None]
+    if not kept:
+        return None
+    return [i for i, _ in kept], default_collate([s for _, s in kept])
+
+
 @HOOKS.register_module()
 class KNNEvalHook(Hook):
     """Weighted k-NN top-1 / top-5 of the encoder's features, every
@@ -173,7 +198,10 @@ class KNNEvalHook(Hook):
             last stage).
         img_size (int): Centre-crop size of the default pipeline.
         pipeline (list[dict], optional): Test pipeline; defaults to
-            :func:`default_knn_pipeline` (``img_size``).
+            :func:`default_knn_pipeline` (``img_size``). Images its first
+            step cannot load (``mmum.SafeLoadImageFromFile`` with
+            ``on_error='skip'``, as the default and the pre-training
+            configs) are left out of the bank / queries.
         seed (int): Seed of the subset choice.
         prefix (str): Name of the scalars (``<prefix>/top1``) and of the
             file (``<prefix>_eval.jsonl``), to run several of these hooks.
@@ -329,15 +357,19 @@ class KNNEvalHook(Hook):
         rank, world_size = get_dist_info()
         mine = self.indices[split][rank::world_size]
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.datasets[split], mine),
+            _Loaded(self.datasets[split], mine),
             batch_size=self.batch_size, shuffle=False,
-            num_workers=self.num_workers, collate_fn=default_collate,
+            num_workers=self.num_workers, collate_fn=_collate_loaded,
             generator=torch.Generator().manual_seed(self.seed))
         backbone = model.backbone
         extra = getattr(backbone, 'num_extra_tokens', 0)
         device = next(model.parameters()).device
-        feats, labels = [], []
+        feats, labels, loaded = [], [], []
         for batch in loader:
+            if batch is None:  # no image of this batch could be loaded
+                continue
+            idx, batch = batch
+            loaded += idx
             data = model.data_preprocessor(batch, False)
             out = dense_backbone_forward(backbone, data['inputs'])
             feats.append(pool_features(out, self.out_index, extra))
@@ -349,7 +381,7 @@ class KNNEvalHook(Hook):
             dim = self.feature_dim(model, backbone, extra)
             feats = torch.zeros(0, dim, device=device)
             labels = torch.zeros(0, dtype=torch.long, device=device)
-        order = torch.tensor(mine, device=device, dtype=torch.long)
+        order = torch.tensor(loaded, device=device, dtype=torch.long)
         feats, labels, order = (gather_rows(t)
                                 for t in (feats, labels, order))
         keep = order.argsort()  # subset order, whatever the world size

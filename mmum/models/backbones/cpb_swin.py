@@ -78,6 +78,10 @@ class CPBSwinTransformer(SwinTransformer):
                 if side and side <= attn.window_size and \
                         not attn.pad_small_map:
                     attn.w_msa.cpb.tables(side)
+        # frozen_stages: freeze at build, not only in train() (mmpretrain),
+        # which the Runner calls after DDP has recorded the parameters that
+        # need gradients (DDP would then wait for the frozen ones)
+        self._freeze_stages()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # resize an absolute position embedding first (mmpretrain's pre-hook,

@@ -110,6 +110,7 @@ class GreenSwinTransformer(SwinTransformer):
         self.pad_small_map = pad_small_map
         # a mask unit covers exactly one token of the last stage
         self.total_stride = patch_size * 2**(self.num_layers - 1)
+        self._freeze_stages()  # at build, before DDP (see CPBSwinTransformer)
 
     def _group_stage_cfgs(self, stage_cfgs, arch, norm_cfg):
         """``stage_cfgs`` as one dict per stage (and one block cfg per
