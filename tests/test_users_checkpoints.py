@@ -1,0 +1,374 @@
+"""What users hit with checkpoints (issue 26, kinds 1, 4, 5, 7, 9, 11 and
+the checkpoint size): released layouts in every importer, files that are not
+checkpoints wherever one is read, one setting changed in one place of a
+pre-training config, weights-only files vs resuming, learning-rate scaling
+with gradient accumulation, v1-layout Swin checkpoints."""
+import copy
+import glob
+import os
+import os.path as osp
+import sys
+import uuid
+import zipfile
+from types import SimpleNamespace
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.optim import OptimWrapper
+from mmengine.runner import Runner
+
+import mmum  # noqa: F401
+from mmum.engine.runner_fixes import scale_lr
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _tiny_runs import (ROOT, TINY_CFG, drop_new_default_scopes,  # noqa
+                        load_tool, make_image_folder)
+
+CONFIGS = sorted(
+    osp.relpath(p, ROOT)
+    for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'),
+                       recursive=True)
+    if f'{osp.sep}_base_{osp.sep}' not in p)
+
+
+def _tool(path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'ckpt_' + osp.basename(path)[:-3], osp.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------- 4. files that are not checkpoints
+def _html(path):
+    path.write_text('<!DOCTYPE html>\n<html><head><title>Sign in'
+                    '</title></head><body>...</body></html>\n')
+
+
+def _random(path):
+    torch.manual_seed(0)
+    path.write_bytes(bytes(torch.randint(0, 256, (4000, ),
+                                         dtype=torch.uint8).tolist()))
+
+
+def _empty(path):
+    path.write_bytes(b'')
+
+
+def _zip(path):
+    with zipfile.ZipFile(path, 'w') as zf:
+        zf.writestr('weights/readme.txt', 'not torch')
+
+
+def _lfs(path):
+    path.write_text('version https://git-lfs.github.com/spec/v1\n'
+                    'oid sha256:4d7a\nsize 113\n')
+
+
+def _safetensors(path):
+    head = b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    path.write_bytes(len(head).to_bytes(8, 'little') + head + b'\0' * 4)
+
+
+NOT_CHECKPOINTS = {
+    'html': (_html, r"starts with '<!DOCTYPE html>'.*failed download"),
+    'random bytes': (_random, r'starts with the bytes .*no torch.save'),
+    'empty': (_empty, r'empty \(0 bytes\)'),
+    'zip of other files': (_zip, r'zip archive, but not one torch.save.*'
+                           r'readme.txt'),
+    'git lfs pointer': (_lfs, r'Git LFS pointer.*git lfs pull'),
+    'safetensors': (_safetensors, r'safetensors file'),
+}
+
+
+def _tiny_cfg(work_dir, data, **options):
+    cfg = Config.fromfile(TINY_CFG)
+    cfg.work_dir = str(work_dir)
+    cfg.train_dataloader.dataset.data_root = data
+    cfg.test_dataloader.dataset.data_root = data
+    cfg.experiment_name = f't{uuid.uuid4().hex[:8]}'
+    cfg.merge_from_dict(options)
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+    return make_image_folder(str(tmp_path_factory.mktemp('images')))
+
+
+@pytest.fixture
+def runner_from(images, tmp_path):
+    from mmengine.registry import DefaultScope
+    before = set(DefaultScope._instance_dict)
+    made = []
+
+    def make(work_dir=None, **options):
+        cfg = _tiny_cfg(work_dir or tmp_path / 'work', images, **options)
+        runner = Runner.from_cfg(cfg)
+        made.append(runner)
+        return runner
+
+    yield make
+    drop_new_default_scopes(before)
+
+
+def _loaders(tmp_path, images):
+    """Every place that reads a checkpoint: name -> callable(path)."""
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from mmum.engine.checkpoint import check_resume_checkpoint
+    from mmum.registry import MODELS
+
+    def init_cfg(path):
+        MODELS.build(dict(type='mmum.PVT', arch=dict(
+            embed_dims=[8, 8, 16, 16], depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2]), img_size=32,
+            init_cfg=dict(type='Pretrained', checkpoint=path))).init_weights()
+
+    def tool(name, *extra):
+        def run(path):
+            module = _tool(name)
+            argv = sys.argv
+            sys.argv = ['x', path, str(tmp_path / 'out.pth'), *extra]
+            try:
+                module.main()
+            finally:
+                sys.argv = argv
+        return run
+
+    def train(resume):
+        def run(path):
+            from mmengine.registry import DefaultScope
+            before = set(DefaultScope._instance_dict)
+            try:
+                cfg = _tiny_cfg(tmp_path / 'work', images, load_from=path,
+                                resume=resume)
+                Runner.from_cfg(cfg).load_or_resume()
+            finally:
+                drop_new_default_scopes(before)
+        return run
+
+    def train_py_resume(path):
+        cfg = Config(dict(resume=True, load_from=path,
+                          work_dir=str(tmp_path / 'work')))
+        check_resume_checkpoint(cfg)
+
+    return {
+        '_load_checkpoint': lambda p: _load_checkpoint(p, 'cpu'),
+        'load_from': train(False),
+        'load_from + resume': train(True),
+        'tools/train.py --resume': train_py_resume,
+        'init_cfg Pretrained': init_cfg,
+        'extract_backbone.py': tool(
+            'tools/model_converters/extract_backbone.py'),
+        'um_mae importer': tool(
+            'tools/model_converters/um_mae_official_to_mmum.py'),
+        'green_mim importer': tool(
+            'tools/model_converters/green_mim_official_to_mmum.py'),
+        'green_mim importer --backbone-only': tool(
+            'tools/model_converters/green_mim_official_to_mmum.py',
+            '--backbone-only'),
+        'local_mim importer': tool(
+            'tools/model_converters/local_mim_official_to_mmum.py'),
+    }
+
+
+LOADERS = ['_load_checkpoint', 'load_from', 'load_from + resume',
+           'tools/train.py --resume', 'init_cfg Pretrained',
+           'extract_backbone.py', 'um_mae importer', 'green_mim importer',
+           'green_mim importer --backbone-only', 'local_mim importer']
+
+
+@pytest.mark.parametrize('loader', LOADERS)
+@pytest.mark.parametrize('kind', list(NOT_CHECKPOINTS))
+def test_not_a_checkpoint_named_everywhere(kind, loader, tmp_path, images):
+    write, what = NOT_CHECKPOINTS[kind]
+    path = tmp_path / 'model.pth'
+    write(path)
+    with pytest.raises((RuntimeError, ValueError)) as info:
+        _loaders(tmp_path, images)[loader](str(path))
+    msg = str(info.value)
+    assert 'model.pth' in msg, msg
+    assert 'weights_only' not in msg and 'Weights only' not in msg, msg
+    import re
+    assert re.search(what, msg, re.S), msg
+
+
+def test_real_checkpoints_are_not_flagged(tmp_path):
+    from mmum.engine.checkpoint import checkpoint_problem, not_a_checkpoint
+    for zip_format in (True, False):
+        path = str(tmp_path / f'{zip_format}.pth')
+        torch.save({'state_dict': {'w': torch.ones(3)}}, path,
+                   _use_new_zipfile_serialization=zip_format)
+        assert not_a_checkpoint(path) is None
+        assert checkpoint_problem(path) is None
+
+
+# ---------------------------------------- 7. weights vs continuing a run
+def _weights_only(runner, path, keep=(), extra=None):
+    sd = {k: v.clone() + 1 for k, v in runner.model.state_dict().items()
+          if k.startswith(keep) or not keep}
+    sd.update(extra or {})
+    torch.save({'state_dict': sd, 'meta': dict(converted_from='test')}, path)
+    return sd
+
+
+def _logs(root) -> str:
+    """The text of every Runner log file under ``root``."""
+    return '\n'.join(open(p).read() for p in sorted(
+        glob.glob(osp.join(str(root), '**', '*.log'), recursive=True)))
+
+
+def _same(model, sd):
+    own = model.state_dict()
+    return all(torch.equal(own[k], v) for k, v in sd.items())
+
+
+def test_weights_only_with_resume_loads_and_starts_fresh(
+        runner_from, tmp_path):
+    probe = runner_from()
+    path = str(tmp_path / 'imported.pth')
+    sd = _weights_only(probe, path)
+    runner = runner_from(load_from=path, resume=True)
+    runner.train()  # mmengine alone: KeyError: 'epoch'
+    assert runner.iter == 4
+    log = _logs(tmp_path)
+    assert 'holds model weights only' in log
+    assert 'starting a fresh schedule at epoch 0, iteration 0' in log
+    # the weights were those of the file before training moved them
+    fresh = runner_from(work_dir=tmp_path / 'again', load_from=path,
+                        resume=True)
+    fresh.load_or_resume()
+    assert _same(fresh.model, sd)
+    assert fresh._resume is True
+
+
+def test_weights_only_with_resume_continues_a_run_of_the_work_dir(
+        runner_from, tmp_path):
+    probe = runner_from()
+    path = str(tmp_path / 'imported.pth')
+    _weights_only(probe, path)
+    first = runner_from(load_from=path, resume=True)
+    first.train()
+    # the same command again (a restart): resumes the run, not the weights
+    again = runner_from(load_from=path, resume=True,
+                        train_cfg=dict(max_iters=6))
+    again.train()
+    assert again.iter == 6
+    log = _logs(tmp_path)
+    assert 'resuming it' in log and 'iter_4.pth' in log
+
+
+def test_encoder_only_weights_name_what_keeps_its_init(
+        runner_from, tmp_path):
+    probe = runner_from()
+    path = str(tmp_path / 'encoder.pth')
+    sd = _weights_only(probe, path, keep=('backbone.', ))
+    runner = runner_from(load_from=path, resume=True)
+    runner.load_or_resume()
+    assert _same(runner.model, sd)
+    log = _logs(tmp_path)
+    assert 'keep their initialisation: head' in log, log
+
+
+def test_weights_of_another_architecture_refused_when_resuming(
+        runner_from, tmp_path):
+    probe = runner_from()
+    path = str(tmp_path / 'other.pth')
+    _weights_only(probe, path, extra={'neck.decoder.weight': torch.ones(2)})
+    runner = runner_from(load_from=path, resume=True)
+    with pytest.raises(ValueError, match=r'other.pth.*does not fit.*'
+                       r'neck.decoder.weight'):
+        runner.load_or_resume()
+
+
+@pytest.mark.parametrize('resume', [False, True])
+def test_load_from_sharing_no_name_is_refused(runner_from, tmp_path, resume):
+    path = str(tmp_path / 'released.pth')
+    torch.save({'model': {'blocks.0.attn.qkv.weight': torch.ones(3, 1)}},
+               path)
+    runner = runner_from(load_from=path, resume=resume)
+    with pytest.raises(ValueError, match=r"released.pth.*shares no weight.*"
+                       r"model \(1\).*_official_to_mmum"):
+        runner.load_or_resume()
+
+
+def test_run_checkpoint_as_load_from_says_the_schedule_starts_anew(
+        runner_from, tmp_path):
+    first = runner_from(work_dir=tmp_path / 'run')
+    first.train()
+    path = str(tmp_path / 'run' / 'iter_4.pth')
+    runner = runner_from(load_from=path, resume=False)
+    runner.load_or_resume()
+    log = _logs(tmp_path)
+    assert 'is the checkpoint of a run (epoch 0, iteration 4)' in log
+    assert '--resume' in log
+    assert _same(runner.model,
+                 torch.load(path, map_location='cpu')['state_dict'])
+
+
+def test_resume_without_optimizer_state_warns(runner_from, tmp_path):
+    first = runner_from(work_dir=tmp_path / 'run', default_hooks=dict(
+        checkpoint=dict(save_optimizer=False)))
+    first.train()
+    path = str(tmp_path / 'run' / 'iter_4.pth')
+    assert 'optimizer' not in torch.load(path, map_location='cpu')
+    runner = runner_from(load_from=path, resume=True,
+                         train_cfg=dict(max_iters=5))
+    runner.train()
+    assert runner.iter == 5
+    assert 'without the optimizer state' in _logs(tmp_path)
+
+
+# -------------------------------------------------------- 9. lr scaling
+def _scaled_lr(world_size, batch_size, accum, base, enable=True):
+    param = torch.nn.Parameter(torch.zeros(1))
+    wrapper = OptimWrapper(torch.optim.SGD([param], lr=1.0),
+                           accumulative_counts=accum)
+    runner = SimpleNamespace(
+        world_size=world_size, param_schedulers=[dict(type='LinearLR')],
+        _train_dataloader=dict(batch_size=batch_size),
+        logger=MMLogger.get_current_instance())
+    scale_lr(runner, wrapper, dict(enable=enable, base_batch_size=base))
+    return wrapper.optimizer.param_groups[0]['lr']
+
+
+@pytest.mark.parametrize('accum', [1, 2, 4, 8])
+def test_auto_scale_lr_counts_accumulation(accum):
+    # base 4096 = 8 x 128 x 4: the UM-MAE setting, whatever the split
+    assert _scaled_lr(8, 128, accum, 4096) == pytest.approx(accum / 4)
+    assert _scaled_lr(8, 512 // accum, accum, 4096) == pytest.approx(1.0)
+    assert _scaled_lr(2, 128, accum, 4096, enable=False) == 1.0
+
+
+def test_runner_scales_with_accumulation(runner_from):
+    # tiny config: batch 2, one process
+    for accum, want in ((1, 0.25), (4, 1.0)):
+        runner = runner_from(
+            auto_scale_lr=dict(enable=True, base_batch_size=8),
+            optim_wrapper=dict(accumulative_counts=accum))
+        runner.optim_wrapper = runner.build_optim_wrapper(
+            runner.optim_wrapper)
+        runner.scale_lr(runner.optim_wrapper, runner.auto_scale_lr)
+        lr = runner.optim_wrapper.optimizer.param_groups[0]['lr']
+        assert lr == pytest.approx(1e-3 * want), accum
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_every_config_lr_is_unscaled_on_its_documented_setup(path):
+    """Each config's ``base_batch_size`` is its batch on 8 processes with
+    its accumulation: scaling there leaves the lr as written, and with 1
+    process scales it by 1/8."""
+    cfg = Config.fromfile(osp.join(ROOT, path))
+    if 'auto_scale_lr' not in cfg:  # mmseg: fixed batch, no scaling
+        assert path.startswith('configs/mmseg/'), path
+        return
+    bs = cfg.train_dataloader.batch_size
+    accum = cfg.optim_wrapper.get('accumulative_counts', 1)
+    base = cfg.auto_scale_lr.base_batch_size
+    assert _scaled_lr(8, bs, accum, base) == pytest.approx(1.0), path
+    assert _scaled_lr(1, bs, accum, base) == pytest.approx(1 / 8), path
