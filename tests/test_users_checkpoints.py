@@ -372,3 +372,148 @@ def test_every_config_lr_is_unscaled_on_its_documented_setup(path):
     base = cfg.auto_scale_lr.base_batch_size
     assert _scaled_lr(8, bs, accum, base) == pytest.approx(1.0), path
     assert _scaled_lr(1, bs, accum, base) == pytest.approx(1 / 8), path
+
+
+# --------------------------- 1. released checkpoints in every published layout
+DECODER_NAMES = ('decoder_', 'mask_token')
+
+
+def _encoder_only(sd, keep_vis_token=True):
+    return {k: v for k, v in sd.items()
+            if not k.startswith(DECODER_NAMES)
+            and (keep_vis_token or k != 'vis_mask_token')}
+
+
+def _run_cli(module, argv, capsys):
+    old = sys.argv
+    sys.argv = ['x', *argv]
+    try:
+        module.main()
+    finally:
+        sys.argv = old
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope='module')
+def converters():
+    import test_converters
+    return test_converters
+
+
+@pytest.mark.parametrize('arch', ['swin', 'pvt'])
+@pytest.mark.parametrize('vis_token', [True, False])
+def test_um_mae_encoder_only_release_converts(arch, vis_token, converters):
+    """The encoder-only release converts to exactly the backbone part of a
+    full checkpoint's conversion."""
+    official = converters.official
+    full = (converters.official_swin_state() if arch == 'swin' else
+            converters.official_pvt_state())
+    ref, _ = official.official_to_mmum(full)
+    out, got_arch = official.official_to_mmum(
+        _encoder_only(full, vis_token))
+    assert got_arch == arch
+    want = {k: v for k, v in ref.items() if k.startswith('backbone.')
+            and (vis_token or k != 'backbone.mask_token')}
+    assert list(out) == list(want)
+    for k, v in want.items():
+        assert torch.equal(out[k], v), k
+    # loads with the strict Pretrained init into the fine-tuning backbone
+    from mmum.registry import MODELS
+    cfg = converters.um_mae_cfg(arch)
+    model = MODELS.build(cfg)
+    missing, unexpected = model.load_state_dict(out, strict=False)
+    assert not unexpected
+    assert all(k.startswith('neck.') or k == 'backbone.mask_token'
+               for k in missing)
+
+
+def test_um_mae_cli_on_the_encoder_only_release(tmp_path, capsys,
+                                                converters):
+    """Full-size Swin-T as released without decoder: writes the encoder,
+    says the decoder is missing and how to load the file."""
+    state = converters.RELEASED['mae_swin_tiny_256'][1]()
+    src, dst = tmp_path / 'mae_swin_tiny_256.pth', tmp_path / 'um.pth'
+    torch.save({'model': _encoder_only(state)}, src)
+    out = _run_cli(converters.official, [str(src), str(dst)], capsys)
+    assert 'no decoder in this checkpoint' in out
+    assert "prefix='backbone.'" in out and 'um_mae_swin_t_100e.py' in out
+    assert 'resume=True' in out and 'fresh' in out  # load_from advice
+    sd = torch.load(dst)['state_dict']
+    assert sd and all(k.startswith('backbone.') for k in sd)
+    # the full release still converts and names its config
+    torch.save({'model': state}, src)
+    out = _run_cli(converters.official, [str(src), str(dst)], capsys)
+    assert 'no decoder' not in out and 'swin_t_200e.py' in out
+    assert any(k.startswith('neck.') for k in torch.load(dst)['state_dict'])
+
+
+@pytest.fixture(scope='module')
+def green():
+    import test_green_mim_fidelity
+    return test_green_mim_fidelity
+
+
+@pytest.mark.parametrize('prefix', ['encoder.', ''])
+def test_green_mim_encoder_only_converts_without_backbone_only(
+        prefix, green, tmp_path, capsys):
+    full = green.released_state_dict()
+    ref, _ = green.conv.official_to_mmum(full)
+    enc = {prefix + k[len('encoder.'):]: v for k, v in full.items()
+           if k.startswith('encoder.')}
+    out, settings = green.conv.official_to_mmum(enc)
+    want = {k: v for k, v in ref.items() if k.startswith('backbone.')}
+    assert list(out) == list(want)
+    assert all(torch.equal(out[k], v) for k, v in want.items())
+    assert 'neck' not in settings
+    src, dst = tmp_path / 'released.pth', tmp_path / 'green.pth'
+    torch.save({'model': enc}, src)
+    printed = _run_cli(green.conv, [str(src), str(dst)], capsys)
+    assert 'no decoder in this checkpoint' in printed
+    assert '--backbone-only' in printed and 'resume=True' in printed
+    printed = _run_cli(green.conv, [str(src), str(dst), '--backbone-only'],
+                       capsys)
+    assert 'init_cfg' in printed
+
+
+def test_green_mim_full_cli_advice_covers_resume(green, tmp_path, capsys):
+    src, dst = tmp_path / 'released.pth', tmp_path / 'green.pth'
+    torch.save({'model': green.released_state_dict()}, src)
+    printed = _run_cli(green.conv, [str(src), str(dst)], capsys)
+    assert "load_from='" in printed and 'resume=True' in printed
+    assert 'no decoder' not in printed
+
+
+@pytest.fixture(scope='module')
+def local_mim():
+    import test_local_mim_official
+    return test_local_mim_official
+
+
+@pytest.mark.parametrize('layout', ['encoder', 'fine-tuned'])
+def test_local_mim_encoder_only_converts(layout, local_mim, tmp_path,
+                                         capsys):
+    full = local_mim.released_state_dict()
+    ref, _ = local_mim.tool.official_to_mmum(full)
+    enc = {k: v for k, v in full.items()
+           if k.split('.')[0] in ('cls_token', 'pos_embed', 'patch_embed',
+                                  'blocks')}
+    if layout == 'fine-tuned':
+        enc.update({'fc_norm.weight': torch.ones(32),
+                    'fc_norm.bias': torch.zeros(32),
+                    'head.weight': torch.zeros(1000, 32),
+                    'head.bias': torch.zeros(1000)})
+    out, info = local_mim.tool.official_to_mmum(enc)
+    want = {k: v for k, v in ref.items() if k.startswith('backbone.')}
+    assert list(out) == list(want)
+    assert all(torch.equal(out[k], v) for k, v in want.items())
+    assert info['decoder_dims'] is None
+    model = local_mim.tiny_model()
+    missing, unexpected = model.load_state_dict(out, strict=False)
+    assert not unexpected and all(k.startswith('neck.') for k in missing)
+    src, dst = tmp_path / 'released.pth', tmp_path / 'lm.pth'
+    torch.save({'model': enc}, src)
+    printed = _run_cli(local_mim.tool, [str(src), str(dst)], capsys)
+    assert 'no decoders in this checkpoint' in printed
+    assert ("['fc_norm', 'head'] not written" in printed) == (
+        layout == 'fine-tuned')
+    assert "prefix='backbone.'" in printed and 'resume=True' in printed

@@ -8,7 +8,8 @@ backbone random. :func:`check_pretrained_keys` (called from the backbone's
 other difference an error:
 
 - ``mask_token`` of the pre-training encoder is dropped when the model has
-  none;
+  none, and may be missing (an encoder-only release without it: the
+  pre-training model keeps its initial token);
 - output norms ``norm{i}`` may be missing or extra (fine-tuning picks its
   own ``out_indices``);
 - anything else missing, unexpected or of another shape raises a
@@ -33,7 +34,8 @@ def check_pretrained_keys(module, state_dict: dict, prefix: str) -> None:
     if not theirs:
         return
     own = module.state_dict()
-    missing = [k for k in own if k not in theirs and not OPTIONAL.match(k)]
+    missing = [k for k in own if k not in theirs and not OPTIONAL.match(k)
+               and k not in PRETRAIN_ONLY]
     unexpected = [
         k for k in theirs if k not in own and not OPTIONAL.match(k)
     ]
