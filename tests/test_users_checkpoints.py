@@ -517,3 +517,78 @@ def test_local_mim_encoder_only_converts(layout, local_mim, tmp_path,
     assert ("['fc_norm', 'head'] not written" in printed) == (
         layout == 'fine-tuned')
     assert "prefix='backbone.'" in printed and 'resume=True' in printed
+
+
+# ------------------------------------------ 11. old-layout Swin checkpoints
+SWIN_TINY = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
+SWIN_CLASSES = {  # name -> (config, family)
+    'mmpretrain.SwinTransformer': 'table',
+    'mmum.GreenSwinTransformer': 'table',
+    'mmum.CPBSwinTransformer': 'mlp',
+    'mmum.UMSwinTransformer': 'mlp',
+    'mmum.SimMIMCPBSwinTransformer': 'mlp',
+    'mmum.LocalMIMSwin': 'mlp',
+}
+
+
+def _swin_cfg(name, **kw):
+    window = (dict(stage_cfgs=dict(block_cfgs=dict(window_size=4)))
+              if 'SimMIM' in name else dict(window_size=4))
+    return dict(type=name, arch=SWIN_TINY, img_size=64, **window, **kw)
+
+
+def _swin(name, seed=0):
+    from mmum.registry import MODELS
+    torch.manual_seed(seed)
+    return MODELS.build(_swin_cfg(name))
+
+
+def old_layout(state_dict, version):
+    """A current Swin state dict in the layout of mmcls 0.x (version 1:
+    final norm ``norm.*``, ``attn_mask`` buffers of the shifted blocks;
+    version 2: ``norm3`` and the buffers)."""
+    from collections import OrderedDict
+    out = OrderedDict()
+    for k, v in state_dict.items():
+        if version == 1 and k.startswith('norm3.'):
+            k = 'norm.' + k[len('norm3.'):]
+        out[k] = v
+    for s in range(4):
+        out[f'stages.{s}.blocks.1.attn.attn_mask'] = torch.zeros(4, 16, 16)
+    out._metadata = OrderedDict({'': dict(version=version)})
+    return out
+
+
+@pytest.mark.parametrize('version', [1, 2])
+@pytest.mark.parametrize('name', list(SWIN_CLASSES))
+def test_old_swin_checkpoint_loads_into_every_swin(name, version, tmp_path):
+    source = _swin(name, seed=0)
+    want = source.state_dict()
+    old = old_layout(want, version)
+    model = _swin(name, seed=1)
+    model.load_state_dict(old, strict=True)  # converted, nothing left out
+    for k, v in want.items():
+        assert torch.equal(model.state_dict()[k], v), (name, k)
+    # through the (strict) Pretrained init of a fine-tuning backbone: a
+    # whole-model file and a backbone-only file
+    from mmum.registry import MODELS
+    for prefix in ('backbone.', None):
+        path = str(tmp_path / 'old.pth')
+        torch.save({'state_dict': {(prefix or '') + k: v
+                                   for k, v in old.items()}}, path)
+        torch.manual_seed(2)
+        init = MODELS.build(_swin_cfg(name, init_cfg=dict(
+            type='Pretrained', _scope_='mmum', checkpoint=path,
+            prefix=prefix)))
+        init.init_weights()
+        for k in ('norm3.weight', 'stages.3.blocks.1.norm2.bias'):
+            assert torch.equal(init.state_dict()[k], want[k]), (name, k)
+
+
+@pytest.mark.parametrize('name', [n for n, f in SWIN_CLASSES.items()
+                                  if f == 'mlp'])
+def test_old_table_swin_into_a_cpb_swin_names_the_way(name):
+    table = old_layout(_swin('mmpretrain.SwinTransformer').state_dict(), 1)
+    with pytest.raises(ValueError, match=r'relative-position bias tables.*'
+                       r'no key conversion.*mmpretrain.SwinTransformer'):
+        _swin(name).load_state_dict(table)
