@@ -4,6 +4,7 @@ checkpoints wherever one is read, one setting changed in one place of a
 pre-training config, weights-only files vs resuming, learning-rate scaling
 with gradient accumulation, v1-layout Swin checkpoints."""
 import copy
+import math
 import glob
 import os
 import os.path as osp
@@ -592,3 +593,181 @@ def test_old_table_swin_into_a_cpb_swin_names_the_way(name):
     with pytest.raises(ValueError, match=r'relative-position bias tables.*'
                        r'no key conversion.*mmpretrain.SwinTransformer'):
         _swin(name).load_state_dict(table)
+
+
+# ------------------------------ 5. one setting changed in one place of a config
+SW5 = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
+PV5 = dict(embed_dims=[32, 32, 64, 64], depths=[1, 1, 1, 1],
+           num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
+VT5 = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
+TW5 = dict(embed_dims=[8, 16, 32, 64], depths=[2, 2, 2, 2],
+           num_heads=[1, 1, 2, 2], patch_sizes=[4, 2, 2, 2],
+           strides=[4, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
+           sr_ratios=[8, 4, 2, 1], window_sizes=[7, 7, 7, 7])
+MAE_DEC = dict(decoder_embed_dim=64, decoder_num_heads=4, decoder_depth=1)
+LOCAL_VIT = dict(backbone=dict(arch=dict(VT5, num_layers=4),
+                               out_indices=(0, 1, 2, 3)),
+                 neck=dict(embed_dims=32, num_heads=2))
+PRETRAIN_TINY = {  # every pre-training config -> its tiny model overrides
+    'configs/um_mae/swin_t_200e.py': dict(
+        backbone=dict(arch=SW5), neck=dict(embed_dim=256, **MAE_DEC)),
+    'configs/um_mae/swin_l_800e.py': dict(
+        backbone=dict(arch=SW5), neck=dict(embed_dim=256, **MAE_DEC)),
+    'configs/um_mae/pvt_s_200e.py': dict(
+        backbone=dict(arch=PV5), neck=dict(embed_dim=64, **MAE_DEC)),
+    'configs/um_mae/vit_b_200e.py': dict(
+        backbone=dict(arch=VT5), neck=dict(embed_dim=32, **MAE_DEC)),
+    'configs/green_mim/swin_b_800e.py': dict(
+        backbone=dict(arch=SW5), neck=dict(embed_dim=256, **MAE_DEC)),
+    'configs/green_mim/swin_l_800e.py': dict(
+        backbone=dict(arch=SW5, window_size=7),
+        neck=dict(embed_dim=256, **MAE_DEC)),
+    'configs/green_mim/twins_l_800e.py': dict(
+        backbone=dict(arch=TW5), neck=dict(embed_dim=64, **MAE_DEC)),
+    'configs/simmim/swin_t_256_200e.py': dict(
+        backbone=dict(arch=SW5), neck=dict(in_channels=256)),
+    'configs/simmim/pvt_s_256_200e.py': dict(
+        backbone=dict(arch=PV5), neck=dict(in_channels=64)),
+    'configs/simmim/twins_l_224_800e.py': dict(
+        backbone=dict(arch=TW5), neck=dict(in_channels=64)),
+    'configs/vitfreeze/local_mim_vit_b_100e.py': LOCAL_VIT,
+    'configs/vitfreeze/vit_b_100e.py': LOCAL_VIT,
+    'configs/vitfreeze/swin_t_100e.py': dict(
+        backbone=dict(arch=SW5), neck=dict(embed_dims=32, num_heads=2)),
+}
+GEOMETRY_KEYS = ('patch_size', 'img_size', 'mask_unit', 'num_patches',
+                 'input_size', 'mask_patch_size', 'model_patch_size',
+                 'encoder_stride', 'scale')
+
+
+def test_every_pretraining_config_is_covered():
+    pretrain = {p for p in CONFIGS if p.split('/')[1] in (
+        'um_mae', 'green_mim', 'simmim', 'vitfreeze')}
+    assert pretrain == set(PRETRAIN_TINY)
+
+
+_PARSED = {}
+
+
+def _tiny_pretrain(path):
+    if path not in _PARSED:  # parsing a config costs about a second
+        cfg = Config.fromfile(osp.join(ROOT, path))
+        for part, values in PRETRAIN_TINY[path].items():
+            cfg.model[part].update(copy.deepcopy(values))
+        _PARSED[path] = cfg
+    return copy.deepcopy(_PARSED[path])
+
+
+def geometry_places(cfg):
+    """(where, value) of every patch size, image size and mask unit the
+    config states: the algorithm, backbone, neck, head, and the train
+    pipeline's transforms (crop, mask generator)."""
+    from mmum.models.selfsup.geometry import train_pipeline
+    out = [(('model', k), cfg.model[k]) for k in GEOMETRY_KEYS
+           if k in cfg.model]
+    for part in ('backbone', 'neck', 'head'):
+        out += [(('model', part, k), cfg.model[part][k])
+                for k in GEOMETRY_KEYS if k in (cfg.model.get(part) or {})]
+    for i, t in enumerate(train_pipeline(cfg)):
+        out += [(('pipeline', i, k), t[k]) for k in GEOMETRY_KEYS if k in t]
+    return out
+
+
+def _changed(key, value):
+    """Another plausible value of a setting."""
+    if key == 'num_patches':
+        return (math.isqrt(value) * 2)**2
+    if key in ('img_size', 'scale', 'input_size'):
+        return value + 32
+    return value * 2
+
+
+def _set(cfg, where, value):
+    from mmum.models.selfsup.geometry import train_pipeline
+    if where[0] == 'model':
+        node = cfg.model
+        for w in where[1:-1]:
+            node = node[w]
+        node[where[-1]] = value
+    else:
+        train_pipeline(cfg)[where[1]][where[2]] = value
+
+
+def _first_batch(cfg):
+    """Build the model as the Runner does (checks included) and compute the
+    loss of one batch made by the config's train pipeline."""
+    import numpy as np
+    from mmengine.dataset import Compose, default_collate
+    from mmengine.registry import DefaultScope
+
+    from mmum.models.selfsup.geometry import attach, train_pipeline
+    from mmum.registry import MODELS
+    with DefaultScope.overwrite_default_scope(
+            cfg.get('default_scope', 'mmum')):
+        model_cfg = copy.deepcopy(cfg.model)
+        if cfg.get('data_preprocessor') is not None:
+            model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+        model = attach(MODELS.build(model_cfg), cfg)
+        pipeline = Compose(train_pipeline(cfg)[1:])  # after loading
+        rng = np.random.RandomState(0)
+        items = [pipeline(dict(
+            img=rng.randint(0, 255, (300, 280, 3)).astype(np.uint8),
+            img_shape=(300, 280), ori_shape=(300, 280)))]
+        data = model.data_preprocessor(default_collate(items), True)
+        losses = model(**data, mode='loss')
+    return sum(v for k, v in losses.items() if 'loss' in k)
+
+
+@pytest.mark.parametrize('path', sorted(PRETRAIN_TINY))
+def test_one_setting_changed_in_one_place(path):
+    """Each patch size / image size / mask unit of each pre-training config,
+    changed alone: the model trains (the others adapt) or a ValueError of
+    mmum's says which settings disagree -- never a deep torch error."""
+    import traceback
+    torch.manual_seed(0)
+    assert torch.isfinite(_first_batch(_tiny_pretrain(path)))
+    cases = [(where, _changed(where[-1], value))
+             for where, value in geometry_places(_tiny_pretrain(path))
+             if isinstance(value, int)]
+    if path == 'configs/um_mae/vit_b_200e.py':  # the reported case
+        cases.append((('model', 'backbone', 'patch_size'), 8))
+    assert len(cases) >= 2, cases
+    bad = []
+    for where, value in cases:
+        cfg = _tiny_pretrain(path)
+        _set(cfg, where, value)
+        try:
+            torch.manual_seed(0)
+            loss = _first_batch(cfg)
+            assert torch.isfinite(loss), (where, value)
+        except ValueError as e:
+            origin = traceback.extract_tb(e.__traceback__)[-1].filename
+            if f'{osp.sep}mmum{osp.sep}' not in origin:
+                bad.append((where, value, f'ValueError from {origin}'))
+        except Exception as e:  # noqa: BLE001  deep errors are the bug
+            bad.append((where, value, f'{type(e).__name__}: {e}'[:300]))
+    assert not bad, bad
+
+
+def test_reported_case_names_every_place():
+    cfg = _tiny_pretrain('configs/um_mae/vit_b_200e.py')
+    cfg.model.backbone.patch_size = 8
+    with pytest.raises(ValueError) as info:
+        _first_batch(cfg)
+    msg = str(info.value)
+    for words in ('model.neck.patch_size is 16', 'model.head.patch_size is '
+                  '16', 'model.backbone.patch_size is 8',
+                  'model.neck.num_patches is 196', '28x28'):
+        assert words in msg, (words, msg)
+
+
+def test_runner_checks_the_config_at_build(runner_from, tmp_path):
+    """Through mmengine's Runner (what tools/train.py runs): at build."""
+    cfg = _tiny_pretrain('configs/simmim/swin_t_256_200e.py')
+    from mmum.models.selfsup.geometry import train_pipeline
+    train_pipeline(cfg)[3]['model_patch_size'] = 8
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.launcher = 'none'
+    with pytest.raises(ValueError, match=r'at build.*model_patch_size is 8, '
+                       r'but model.backbone.patch_size is 4'):
+        Runner.from_cfg(cfg)

@@ -1,4 +1,4 @@
-"""Two of mmengine's Runner steps done as a user means them (applied by
+"""mmengine's Runner steps done as a user means them (applied by
 ``import mmum``, so every config with ``custom_imports=['mmum']`` and every
 tool gets them).
 
@@ -33,6 +33,12 @@ tool gets them).
    (UM-MAE: 8 GPUs x 128 x 4 = 4096). The real batch is therefore
    ``batch_size x world_size x accumulative_counts``, and the log line
    says so.
+
+3. **Pre-training settings that disagree** (:func:`build_model`): every
+   model the Runner builds goes through
+   :func:`mmum.models.selfsup.geometry.attach` (patch size, image size and
+   mask unit in backbone, neck, head and pipeline; at build and at the first
+   batch).
 """
 import os.path as osp
 import zipfile
@@ -238,17 +244,24 @@ def _flat(schedulers):
     return [schedulers]
 
 
+def build_model(self, model):
+    """:meth:`Runner.build_model`, then the geometry checks of a
+    pre-training model (:func:`mmum.models.selfsup.geometry.attach`)."""
+    from mmum.models.selfsup.geometry import attach
+    return attach(_ORIGINAL['build_model'](self, model), self.cfg)
+
+
 _ORIGINAL = {}
 
 
 def apply() -> None:
-    """Install both on :class:`mmengine.runner.Runner` (idempotent)."""
+    """Install them on :class:`mmengine.runner.Runner` (idempotent)."""
     if _APPLIED:
         return
-    _ORIGINAL['load_or_resume'] = Runner.load_or_resume
-    _ORIGINAL['scale_lr'] = Runner.scale_lr
-    Runner.load_or_resume = load_or_resume
-    Runner.scale_lr = scale_lr
+    for name, new in (('load_or_resume', load_or_resume),
+                      ('scale_lr', scale_lr), ('build_model', build_model)):
+        _ORIGINAL[name] = getattr(Runner, name)
+        setattr(Runner, name, new)
     _APPLIED.append(True)
 
 
