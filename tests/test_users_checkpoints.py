@@ -771,3 +771,31 @@ def test_runner_checks_the_config_at_build(runner_from, tmp_path):
     with pytest.raises(ValueError, match=r'at build.*model_patch_size is 8, '
                        r'but model.backbone.patch_size is 4'):
         Runner.from_cfg(cfg)
+
+
+# ------------------------------------------------------- checkpoint size
+def test_lighter_checkpoints_keep_resume(runner_from, tmp_path):
+    """The documented lighter options with mmum's checkpoint hook:
+    max_keep_ckpts=1 keeps one resumable checkpoint, published_keys writes
+    a weights-only copy that loads as load_from with resume=True."""
+    work = tmp_path / 'run'
+    runner = runner_from(work_dir=work, default_hooks=dict(checkpoint=dict(
+        type='mmum.SafeCheckpointHook', by_epoch=False, interval=2,
+        max_keep_ckpts=1, published_keys=['meta', 'state_dict'])))
+    runner.train()
+    assert sorted(p.name for p in work.glob('iter_*.pth')) == sorted([
+        'iter_4.pth', next(p.name for p in work.glob('iter_4-*.pth'))])
+    full = torch.load(work / 'iter_4.pth', map_location='cpu')
+    light = next(work.glob('iter_4-*.pth'))
+    assert 'optimizer' in full
+    assert set(torch.load(light, map_location='cpu')) == {'meta',
+                                                          'state_dict'}
+    assert light.stat().st_size < (work / 'iter_4.pth').stat().st_size / 2
+    resumed = runner_from(work_dir=work, resume=True,
+                          train_cfg=dict(max_iters=5))
+    resumed.train()
+    assert resumed.iter == 5
+    fresh = runner_from(work_dir=tmp_path / 'fresh', load_from=str(light),
+                        resume=True)
+    fresh.load_or_resume()
+    assert _same(fresh.model, torch.load(light)['state_dict'])

@@ -75,10 +75,13 @@ def peek_checkpoint(path: str) -> Optional[dict]:
 
 
 def is_training_checkpoint(ckpt: Optional[dict]) -> bool:
-    """Whether ``ckpt`` was written by a Runner (it has the loop's epoch and
-    iteration in ``meta``)."""
+    """Whether ``ckpt`` is a Runner's checkpoint a run can resume from: the
+    loop's epoch and iteration in ``meta`` and the ``message_hub`` (a file
+    published with ``published_keys=['meta', 'state_dict']`` has the first
+    but not the second: weights only)."""
     meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
-    return isinstance(meta, dict) and 'epoch' in meta and 'iter' in meta
+    return (isinstance(meta, dict) and 'epoch' in meta and 'iter' in meta
+            and 'message_hub' in ckpt)
 
 
 def _state_dict(ckpt: dict) -> dict:
