@@ -595,7 +595,7 @@ def test_old_table_swin_into_a_cpb_swin_names_the_way(name):
         _swin(name).load_state_dict(table)
 
 
-# ------------------------------ 5. one setting changed in one place of a config
+# --------------------------- 5. one setting changed in one place of a config
 SW5 = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
 PV5 = dict(embed_dims=[32, 32, 64, 64], depths=[1, 1, 1, 1],
            num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])

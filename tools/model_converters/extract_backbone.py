@@ -52,7 +52,9 @@ def main():
     meta = dict(ckpt.get('meta') or {}) if isinstance(ckpt, dict) else {}
     meta['extracted_from'] = args.src
     torch.save({'state_dict': sd, 'meta': meta}, args.dst)
-    print(f'wrote {len(sd)} backbone tensors to {args.dst}')
+    print(f'wrote {len(sd)} backbone tensors to {args.dst} (weights only); '
+          "load them with model.backbone.init_cfg=dict(type='Pretrained', "
+          f"checkpoint='{args.dst}') (no prefix)")
 
 
 if __name__ == '__main__':
