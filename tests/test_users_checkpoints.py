@@ -799,3 +799,51 @@ def test_lighter_checkpoints_keep_resume(runner_from, tmp_path):
                         resume=True)
     fresh.load_or_resume()
     assert _same(fresh.model, torch.load(light)['state_dict'])
+
+
+def test_imported_encoder_only_release_into_the_pretraining_config(
+        tmp_path, converters):
+    """The reported path: an encoder-only UM-MAE release, imported, as
+    load_from of the unchanged pre-training config (resume=True): trains
+    from the imported encoder with a fresh decoder and a fresh schedule."""
+    import cv2
+    import numpy as np
+    from mmengine.registry import DefaultScope
+    state = _encoder_only(converters.official_swin_state())
+    dst = tmp_path / 'imported.pth'
+    out, _ = converters.official.official_to_mmum(state)
+    torch.save({'state_dict': out, 'meta': {}}, dst)
+    images = tmp_path / 'images'
+    images.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(2):
+        cv2.imwrite(str(images / f'{i}.png'),
+                    rng.randint(0, 255, (300, 280, 3)).astype(np.uint8))
+    cfg = _tiny_pretrain('configs/um_mae/swin_t_200e.py')
+    assert cfg.resume is True
+    cfg.merge_from_dict(dict(
+        work_dir=str(tmp_path / 'work'), load_from=str(dst),
+        experiment_name=f't{uuid.uuid4().hex[:8]}',
+        train_cfg=dict(type='IterBasedTrainLoop', max_iters=1,
+                       _delete_=True),
+        default_hooks=dict(checkpoint=dict(by_epoch=False, interval=1)),
+        optim_wrapper=dict(accumulative_counts=1)))
+    cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0,
+                                by_epoch=False)]
+    cfg.train_dataloader.update(batch_size=2, num_workers=0,
+                                persistent_workers=False)
+    cfg.train_dataloader.dataset = dict(
+        type='CustomDataset', data_root=str(images), with_label=False,
+        pipeline=cfg.train_dataloader.dataset.pipeline)
+    from mmum.utils.dist import cpu_fallback_amp
+    cpu_fallback_amp(cfg)  # AMP needs a GPU
+    before = set(DefaultScope._instance_dict)
+    try:
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+    finally:
+        drop_new_default_scopes(before)
+    assert runner.iter == 1
+    log = _logs(tmp_path / 'work')
+    assert 'holds model weights only' in log
+    assert 'keep their initialisation: neck' in log
