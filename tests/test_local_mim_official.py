@@ -294,8 +294,8 @@ def test_refuses_other_architectures():
     mae = {'cls_token': torch.zeros(1, 1, 8), 'norm.weight': torch.ones(8),
            'decoder_embed.weight': torch.zeros(4, 8),
            'blocks.0.attn.qkv.weight': torch.zeros(24, 8)}
-    with pytest.raises(ValueError, match=r"missing \['pos_embed'.*'norm.0"
-                       r".weight', 'decoder.0.embed.weight'.*decoder_embed"):
+    with pytest.raises(ValueError, match=r"missing \['pos_embed'.*"
+                       r"decoder_embed"):
         tool.official_to_mmum(mae)
     # GreenMIM / Swin keys
     with pytest.raises(ValueError, match='layers.*patch_embed.proj.weight'):

@@ -6,7 +6,12 @@ _base_ = 'mmpretrain::_base_/default_runtime.py'
 custom_imports = dict(imports=['mmum'], allow_failed_imports=False)
 
 default_hooks = dict(
-    # atomic saving: a kill while saving never breaks the latest checkpoint
+    # atomic saving: a kill while saving never breaks the latest checkpoint.
+    # A checkpoint is ~3x the model (weights + AdamW moments, which exact
+    # resuming needs): ~430 MB for UM-MAE Swin-T. Lighter (docs/failures.md,
+    # "Checkpoint size"): max_keep_ckpts=1 (safe: the old file goes only
+    # after the new one is complete); published_keys=['meta', 'state_dict']
+    # (a weights-only copy of the last checkpoint after training).
     checkpoint=dict(type='mmum.SafeCheckpointHook', interval=1,
                     max_keep_ckpts=3))
 # stop with a message on a NaN/inf loss, before it reaches a checkpoint

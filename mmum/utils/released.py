@@ -27,7 +27,8 @@ def load_released(path: str) -> Tuple[Dict[str, torch.Tensor], dict]:
     ``argparse.Namespace`` and numpy objects, so the file is read with
     ``weights_only=False``: import only checkpoints you trust.
     """
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    from mmum.engine.checkpoint import read_checkpoint  # names bad files
+    ckpt = read_checkpoint(path, map_location='cpu', weights_only=False)
     for key in ('model', 'state_dict'):
         if isinstance(ckpt, dict) and key in ckpt:
             return ckpt[key], ckpt

@@ -16,6 +16,8 @@ from collections import OrderedDict
 
 import torch
 
+from mmum.engine.checkpoint import read_checkpoint
+
 PREFIX = 'backbone.'
 
 
@@ -45,12 +47,14 @@ def main():
     parser.add_argument('dst')
     parser.add_argument('--keep-mask-token', action='store_true')
     args = parser.parse_args()
-    ckpt = torch.load(args.src, map_location='cpu', weights_only=False)
+    ckpt = read_checkpoint(args.src, map_location='cpu', weights_only=False)
     sd = extract_backbone(ckpt, args.keep_mask_token)
     meta = dict(ckpt.get('meta') or {}) if isinstance(ckpt, dict) else {}
     meta['extracted_from'] = args.src
     torch.save({'state_dict': sd, 'meta': meta}, args.dst)
-    print(f'wrote {len(sd)} backbone tensors to {args.dst}')
+    print(f'wrote {len(sd)} backbone tensors to {args.dst} (weights only); '
+          "load them with model.backbone.init_cfg=dict(type='Pretrained', "
+          f"checkpoint='{args.dst}') (no prefix)")
 
 
 if __name__ == '__main__':

@@ -7,12 +7,14 @@ mmpretrain.
 
 ``SRC``: a checkpoint of the released GreenMIM Swin models (a dict whose
 ``'model'`` entry, or the dict itself, holds the state dict with
-``encoder.`` / decoder keys; with ``--backbone-only`` an encoder-only state
-dict without the ``encoder.`` prefix, as its ``extract_backbone`` writes, is
-accepted too). ``DST`` gets ``{'state_dict': ..., 'meta': {...}}``:
+``encoder.`` / decoder keys), or an encoder-only state dict (with or without
+the ``encoder.`` prefix, as its ``extract_backbone`` writes). ``DST`` gets
+``{'state_dict': ..., 'meta': {...}}``:
 
 - default: an mmum ``GreenMIM`` checkpoint (``backbone.`` / ``neck.`` keys),
-  to continue pre-training with ``configs/green_mim/``;
+  to continue pre-training with ``configs/green_mim/`` (``load_from``); from
+  an encoder-only file the ``backbone.`` keys alone, and the script says
+  that the decoder is missing;
 - ``--backbone-only``: an mmpretrain ``SwinTransformer`` state dict (no
   prefix), for fine-tuning, detection or segmentation.
 
@@ -215,6 +217,11 @@ def _refuse_leftovers(sd, used, what):
                          f'{left[:10]}')
 
 
+def has_decoder(sd: Dict[str, torch.Tensor]) -> bool:
+    """Whether a released state dict holds the pre-training decoder."""
+    return any(k.split('.')[0] in DECODER_KEYS for k in sd)
+
+
 def official_to_swin(sd: Dict[str, torch.Tensor]
                      ) -> Tuple['OrderedDict', dict]:
     """Released state dict (full or encoder-only) -> (mmpretrain
@@ -242,18 +249,25 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
                      ) -> Tuple['OrderedDict', dict]:
     """Released pre-training state dict -> (mmum ``GreenMIM`` state dict,
     settings for the model). The window is stage 1's; smaller tables of
-    shrunk windows are centred in it (module docstring, (*))."""
+    shrunk windows are centred in it (module docstring, (*)). An
+    encoder-only state dict (no ``decoder_*`` / ``mask_token``, with or
+    without ``encoder.``) gives the ``backbone.`` keys only, and settings
+    without a ``neck``."""
     prefix = detect(sd)
-    if prefix != 'encoder.':
-        raise ValueError('an mmum GreenMIM checkpoint needs the decoder: '
-                         'this is an encoder-only state dict (no '
-                         "'encoder.' keys); use --backbone-only")
     arch = encoder_arch(sd, prefix)
     window = arch['windows'][0]
     used = set()
     out = OrderedDict(
         ('backbone.' + k, v) for k, v in convert_encoder(
             sd, prefix, [window] * len(arch['depths']), used).items())
+    ln = dict(type='LN', eps=LN_EPS)
+    backbone = dict(
+        type='mmum.GreenSwinTransformer',
+        arch={k: arch[k] for k in ('embed_dims', 'depths', 'num_heads')},
+        patch_size=arch['patch_size'], window_size=window, norm_cfg=ln)
+    if not has_decoder(sd):
+        _refuse_leftovers(sd, used, 'mmum GreenMIM')
+        return out, dict(type='mmum.GreenMIM', backbone=backbone)
     for old, new in DECODER.items():
         for k in [k for k in sd if k == old or k.startswith(old + '.')]:
             out['neck.' + new + k[len(old):]] = sd[k]
@@ -273,13 +287,8 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     _refuse_leftovers(sd, used, 'mmum GreenMIM')
     pred = sd['decoder_pred.weight']  # unit^2 * 3, D
     unit = round((pred.shape[0] // 3)**.5)
-    ln = dict(type='LN', eps=LN_EPS)
     settings = dict(
-        type='mmum.GreenMIM', mask_unit=unit,
-        backbone=dict(
-            type='mmum.GreenSwinTransformer',
-            arch={k: arch[k] for k in ('embed_dims', 'depths', 'num_heads')},
-            patch_size=arch['patch_size'], window_size=window, norm_cfg=ln),
+        type='mmum.GreenMIM', mask_unit=unit, backbone=backbone,
         neck=dict(type='mmum.GreenMIMDecoder', num_patches=pos.shape[1],
                   patch_size=unit,
                   embed_dim=sd['decoder_embed.weight'].shape[1],
@@ -303,11 +312,21 @@ def main():
     if args.backbone_only:
         out, settings = official_to_swin(sd)
         target, load = ('mmpretrain SwinTransformer',
-                        f"init_cfg=dict(type='Pretrained', "
-                        f"checkpoint='{args.dst}')")
+                        f"model.backbone.init_cfg=dict(type='Pretrained', "
+                        f"checkpoint='{args.dst}') (e.g. in "
+                        'configs/finetune/green_mim_swin_b_100e.py)')
     else:
         out, settings = official_to_mmum(sd)
-        target, load = 'mmum GreenMIM', f"load_from='{args.dst}'"
+        target, load = 'mmum GreenMIM', (
+            f"load_from='{args.dst}' in configs/green_mim/ (weights only: "
+            "with the configs' resume=True mmum loads them and starts a "
+            'fresh schedule; set resume=False to say so)')
+        if not has_decoder(sd):
+            target = 'mmum GreenMIM backbone'
+            print('no decoder in this checkpoint (an encoder-only state '
+                  'dict): wrote the encoder (backbone.*) only; continuing '
+                  'pre-training starts the decoder from its init. To '
+                  'fine-tune or transfer, convert with --backbone-only.')
     torch.save({'state_dict': out,
                 'meta': dict(source=args.src,
                              converted_from='green_mim_official',
@@ -368,7 +387,8 @@ def summary(sd: Dict[str, torch.Tensor], backbone_only: bool) -> List[str]:
                      if k.startswith('decoder_blocks.')})
         lines.append(f'decoder: {depth} block(s), position table copied '
                      '(same column-first layout) with a zero class-token row '
-                     'in front')
+                     'in front' if has_decoder(sd) else
+                     'decoder: none in this checkpoint (not written)')
     return lines
 
 

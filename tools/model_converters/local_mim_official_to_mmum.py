@@ -4,7 +4,9 @@
 
 ``SRC`` is a pre-training checkpoint of the released LocalMIM or ViTFreeze
 code (a dict whose ``'model'`` entry, or the dict itself, holds the flat
-state dict of ``MaskedAutoencoderViT``); ``DST`` gets
+state dict of ``MaskedAutoencoderViT``), or its encoder alone (no
+``decoder.*`` / ``norm.{j}``; a fine-tuned classifier's ``head`` /
+``fc_norm`` are dropped), which gives the ``backbone.`` keys only; ``DST`` gets
 ``{'state_dict': ..., 'meta': {...}}`` with the keys of ``mmum.LocalMIM`` +
 ``mmum.LocalMIMViT`` + ``mmum.LocalMIMDecoder``, loadable by
 ``configs/vitfreeze/local_mim_vit_b_100e.py`` / ``vit_b_100e.py`` (ViT-B) or,
@@ -63,8 +65,9 @@ HEAD_KEYS = {4.: (0, 1, 3, 4), 2.: (0, 1), 1.: (0, ), .5: (1, )}
 ARCHS = {(384, 12): 'deit-small', (768, 12): 'b', (1024, 24): 'l',
          (1280, 32): 'h'}
 REQUIRED = ('cls_token', 'pos_embed', 'patch_embed.proj.weight',
-            'blocks.0.attn.qkv.weight', 'norm.0.weight',
-            'decoder.0.embed.weight', 'decoder.0.blocks.0.attn.qkv.weight')
+            'blocks.0.attn.qkv.weight')
+# a fine-tuned classifier's parts (MAE-style fine-tuning): not written
+CLASSIFIER = ('head', 'fc_norm')
 
 
 def check_layout(sd: Dict[str, torch.Tensor]) -> None:
@@ -86,16 +89,27 @@ def _sub(sd, old, new, out) -> List[str]:
 
 def _indices(sd, prefix: str) -> List[int]:
     return sorted({int(k.split('.')[1]) for k in sd
-                   if k.startswith(prefix + '.')})
+                   if re.match(re.escape(prefix) + r'\.\d+\.', k)})
 
 
 def official_to_mmum(sd: Dict[str, torch.Tensor]
                      ) -> Tuple[Dict[str, torch.Tensor], dict]:
     """Released flat state dict -> (mmum state dict, info) where info has
     ``arch``, ``patch_size``, ``img_size``, ``out_indices``,
-    ``decoder_dims`` and ``pruned_decoders``."""
+    ``decoder_dims`` (``None`` without decoders), ``pruned_decoders`` and
+    ``dropped`` (names of a fine-tuned classifier's head / final norm).
+
+    An encoder-only state dict (no ``decoder.*`` / ``norm.{j}``) gives the
+    ``backbone.`` keys alone; a fine-tuned one also has its ``head`` /
+    ``fc_norm`` (or a final ``norm``) dropped, as LocalMIM's encoder has
+    neither."""
     check_layout(sd)
-    out, used = OrderedDict(), set()
+    out = OrderedDict()
+    dropped = sorted({k.split('.')[0] for k in sd
+                      if k.split('.')[0] in CLASSIFIER
+                      or re.fullmatch(r'norm\.(weight|bias)', k)})
+    used = {k for k in sd if k.split('.')[0] in CLASSIFIER
+            or re.fullmatch(r'norm\.(weight|bias)', k)}
     blocks = _indices(sd, 'blocks')
     if blocks != list(range(len(blocks))):
         raise ValueError(f'block indices are not 0..{len(blocks) - 1}: '
@@ -168,8 +182,10 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     info = dict(arch=arch, patch_size=patch,
                 img_size=grid * patch,
                 out_indices=(1, 3, depth - 3, depth - 1),
-                decoder_dims=sd['decoder.0.embed.weight'].shape[0],
-                pruned_decoders=list(range(len(SCALES) - n)))
+                decoder_dims=sd['decoder.0.embed.weight'].shape[0]
+                if n else None,
+                pruned_decoders=list(range(len(SCALES) - n)) if n else [],
+                dropped=dropped)
     return out, info
 
 
@@ -181,7 +197,8 @@ def mmum_settings(info: dict) -> dict:
                       img_size=info['img_size'],
                       out_indices=info['out_indices']),
         neck=dict(type='mmum.LocalMIMDecoder',
-                  embed_dims=info['decoder_dims'], num_heads=8))
+                  embed_dims=info['decoder_dims'], num_heads=8)
+        if info['decoder_dims'] else '(no decoders in the file)')
 
 
 def main(argv=None):
@@ -204,7 +221,20 @@ def main(argv=None):
     if info['pruned_decoders']:
         print(f'decoders {info["pruned_decoders"]} were pruned by FreezeOut '
               'in the released run: absent, fresh on load')
+    if info['decoder_dims'] is None:
+        print('no decoders in this checkpoint (an encoder-only state dict): '
+              'wrote the encoder (backbone.*) only; continuing pre-training '
+              'starts the decoders from their init')
+    if info['dropped']:
+        print(f'a fine-tuned classifier: {info["dropped"]} not written '
+              "(LocalMIM's encoder has no final norm or head)")
     print(f'wrote {args.dst}; the model needs\n  {mmum_settings(info)}')
+    print(f"fine-tune / transfer: model.backbone.init_cfg=dict(type="
+          f"'Pretrained', checkpoint='{args.dst}', prefix='backbone.'); "
+          f"continue pre-training: load_from='{args.dst}' in "
+          "configs/vitfreeze/ (weights only: with the configs' resume=True "
+          'mmum loads them and starts a fresh schedule; set resume=False to '
+          'say so)')
 
 
 if __name__ == '__main__':

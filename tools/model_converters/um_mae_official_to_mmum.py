@@ -3,7 +3,11 @@
     python tools/model_converters/um_mae_official_to_mmum.py SRC DST
 
 ``SRC`` is a checkpoint of the official release (a dict whose ``'model'``
-entry, or the dict itself, holds the flat MAE-style state dict); ``DST`` gets
+entry, or the dict itself, holds the flat MAE-style state dict): the full
+pre-training model, or the encoder alone as the release publishes it (no
+``decoder_*`` / ``mask_token``; ``vis_mask_token`` optional), which gives a
+``DST`` with the ``backbone.`` keys only, and the script says what is
+missing. ``DST`` gets
 ``{'state_dict': ..., 'meta': {...}}`` with mmum's ``backbone.`` / ``neck.``
 keys. mmum's UM-MAE configs have the released architecture, so the result
 loads with a strict key check into the unchanged pre-training config (to
@@ -286,11 +290,11 @@ def released_config(sd: Dict[str, torch.Tensor], arch: str,
             f'stem; known: {CONFIGS}')
     path = CONFIGS[arch][width]
     model = Config.fromfile(osp.join(root, path)).model
-    found = dict(
-        neck=dict(
-            decoder_embed_dim=sd['neck.mask_token'].shape[-1],
-            decoder_depth=len({k.split('.')[2] for k in sd
-                               if k.startswith('neck.decoder_blocks.')})))
+    found = dict(neck=dict(
+        decoder_embed_dim=sd['neck.mask_token'].shape[-1],
+        decoder_depth=len({k.split('.')[2] for k in sd
+                           if k.startswith('neck.decoder_blocks.')})
+    )) if 'neck.mask_token' in sd else {}  # encoder-only: no decoder
     if arch == 'swin':
         found['backbone'] = dict(cpb_hidden_dims=sd[
             'backbone.stages.0.blocks.0.attn.w_msa.cpb.mlp.0.weight'].shape[0])
@@ -300,9 +304,44 @@ def released_config(sd: Dict[str, torch.Tensor], arch: str,
     return path, options
 
 
+FINETUNE = dict(swin={96: 'configs/finetune/um_mae_swin_t_100e.py',
+                      192: 'configs/finetune/um_mae_swin_l_100e.py'},
+                pvt={64: 'configs/finetune/um_mae_pvt_s_100e.py'})
+
+
+def advice(sd: Dict[str, torch.Tensor], arch: str, dst: str, config: str,
+           options: dict) -> str:
+    """How to use the converted file, and what it lacks (printed)."""
+    width = sd['backbone.patch_embed.projection.weight'].shape[0]
+    overrides = ''.join(f' {k}={v}' for k, v in options.items())
+    lines, missing = [], []
+    if 'neck.mask_token' not in sd:
+        missing.append('the decoder (neck.*)')
+        lines.append('no decoder in this checkpoint (an encoder-only '
+                     'release): wrote the encoder (backbone.*) only.')
+    if 'backbone.mask_token' not in sd:
+        missing.append('backbone.mask_token')
+        lines.append("no vis_mask_token in this checkpoint: "
+                     'backbone.mask_token (pre-training only) is not written.')
+    lines.append(
+        f'fine-tune / transfer: model.backbone.init_cfg=dict('
+        f"type='Pretrained', checkpoint='{dst}', prefix='backbone.') "
+        f'(e.g. {FINETUNE[arch].get(width, "configs/finetune/")}, mmdet, '
+        'mmseg configs).')
+    fresh = (f': {" and ".join(missing)} start(s) from the init'
+             if missing else '')
+    lines.append(
+        f'continue pre-training: tools/train.py {config} --cfg-options '
+        f"load_from='{dst}'{overrides}{fresh}. It holds weights only: with "
+        "the config's resume=True mmum loads them and starts a fresh "
+        'schedule (set resume=False to say so).')
+    return '\n'.join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('src', help='official UM-MAE checkpoint')
+    parser.add_argument('src', help='official UM-MAE checkpoint (full or '
+                        'encoder-only)')
     parser.add_argument('dst', help='mmum checkpoint to write')
     args = parser.parse_args()
     sd, arch = official_to_mmum(load_released(args.src)[0])
@@ -311,9 +350,11 @@ def main():
     torch.save({'state_dict': sd,
                 'meta': dict(source=args.src, converted_from='um_mae_official',
                              arch=arch, config=config)}, args.dst)
-    print(f'{arch}: wrote {len(sd)} tensors to {args.dst}; they load into '
+    print(f'{arch}: wrote {len(sd)} tensors to {args.dst} (the model of '
           f'{config}' + (' with --cfg-options ' + ' '.join(
-              f'{k}={v}' for k, v in options.items()) if options else ''))
+              f'{k}={v}' for k, v in options.items()) if options else '')
+          + ')')
+    print(advice(sd, arch, args.dst, config, options))
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@ from mmum.models.layers.conv_patch_merging import ConvPatchMerging
 from mmum.models.layers.cpb_window_attention import CPBShiftWindowMSA
 from mmum.models.pretrained import use_strict_pretrained
 from mmum.registry import MODELS
-from .pretrained_keys import check_pretrained_keys
+from .pretrained_keys import check_pretrained_keys, upgrade_old_swin_keys
 
 
 @MODELS.register_module()
@@ -90,6 +90,7 @@ class CPBSwinTransformer(SwinTransformer):
         # with a readable error (see pretrained_keys.py)
         if self.use_abs_pos_embed:
             self._prepare_abs_pos_embed(state_dict, prefix)
+        upgrade_old_swin_keys(self, state_dict, prefix)  # v1 (mmcls 0.x)
         check_pretrained_keys(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
