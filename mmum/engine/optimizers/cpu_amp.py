@@ -8,6 +8,7 @@ replaces it with :class:`CPUAmpOptimWrapper`, which trains under
 natively (AVX512-BF16 or AMX-BF16) and in plain fp32 otherwise. Either way
 it logs one line saying which and why.
 """
+import importlib
 from contextlib import contextmanager
 from typing import Optional, Tuple
 
@@ -62,6 +63,53 @@ def native_bf16() -> Tuple[bool, str]:
                    f'{" nor ".join(BF16_FLAGS)}; ATen CPU capability '
                    f'{capability}): bf16 autocast would be emulated, slower '
                    'than fp32')
+
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def _nms_forward(forward):
+    def wrapped(ctx, bboxes, scores, *args, **kwargs):
+        if bboxes.dtype in _LOW and (bboxes.device.type == 'cpu'
+                                     or bboxes.dtype == torch.bfloat16):
+            bboxes, scores = bboxes.float(), scores.float()
+        return forward(ctx, bboxes, scores, *args, **kwargs)
+    wrapped.mmum_autocast = True
+    return staticmethod(wrapped)
+
+
+def _roi_align(roi_align):
+    def wrapped(input, rois, *args, **kwargs):
+        if input.dtype == torch.bfloat16 or input.dtype in _LOW and \
+                input.device.type == 'cpu' and rois.dtype != input.dtype:
+            out = roi_align(input.float(), rois.float(), *args, **kwargs)
+            return out.to(input.dtype)  # autograd casts the gradient back
+        return roi_align(input, rois, *args, **kwargs)
+    wrapped.mmum_autocast = True
+    return wrapped
+
+
+def patch_mmcv_ops_for_autocast() -> None:
+    """Let mmcv's detection ops take autocast's half-precision tensors.
+
+    mmcv's compiled ``nms`` has float32 kernels only on CPU (``expected
+    scalar type Float but found Half / BFloat16``), and ``roi_align`` none
+    for bf16 on any device, so Mask R-CNN / HTC++ under CPU autocast (or
+    CUDA bf16) stop in the RPN or the RoI extractor. This casts their
+    inputs to float32 there (boxes and scores for the NMS, which returns
+    indices; features and RoIs for RoIAlign, whose output goes back to the
+    feature dtype, the gradient flowing through the cast). Idempotent; a
+    no-op when mmcv's ops are not installed. CUDA fp16 is left as it is.
+    """
+    try:
+        nms_module = importlib.import_module('mmcv.ops.nms')
+        roi_module = importlib.import_module('mmcv.ops.roi_align')
+    except ImportError:  # mmcv without ops: no detector to train
+        return
+    if not getattr(nms_module.NMSop.forward, 'mmum_autocast', False):
+        nms_module.NMSop.forward = _nms_forward(nms_module.NMSop.forward)
+    if not getattr(roi_module.roi_align, 'mmum_autocast', False):
+        roi_module.roi_align = _roi_align(roi_module.roi_align)
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -119,6 +167,8 @@ class CPUAmpOptimWrapper(OptimWrapper):
         else:
             msg = ('AmpOptimWrapper on CPU: training in fp32 '
                    f'(mmum.CPUAmpOptimWrapper without autocast): {reason}.')
+        if native:
+            patch_mmcv_ops_for_autocast()
         logger = MMLogger.get_current_instance()
         (logger.info if native else logger.warning)(msg)
 
@@ -141,4 +191,4 @@ class CPUAmpOptimWrapper(OptimWrapper):
         super().load_state_dict(state_dict)
 
 
-__all__ = ['CPUAmpOptimWrapper', 'native_bf16']
+__all__ = ['CPUAmpOptimWrapper', 'native_bf16', 'patch_mmcv_ops_for_autocast']

@@ -191,7 +191,9 @@ class LocalMIMCompactDecoder(LocalMIMDecoder):
         grid = (2 * x.shape[-2], 2 * x.shape[-1])
         x = self.embed(self.norm_in(x.flatten(2).transpose(1, 2)))
         B, _, D = x.shape  # (B, N_vis, D)
-        full = self.mask_token.repeat(B, grid[0] * grid[1], 1)
+        # in the embedding's dtype: under autocast x is fp16/bf16 while the
+        # mask token stays an fp32 parameter, and scatter needs one dtype
+        full = self.mask_token.to(x.dtype).repeat(B, grid[0] * grid[1], 1)
         full = full.scatter(1, index[..., None].expand(-1, -1, D), x)
         # fixed sin-cos positions, computed for another image size's grid
         pos = self.pos_embed[:, 1:] if grid == self.grid else \
