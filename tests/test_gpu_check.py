@@ -41,11 +41,12 @@ def test_summary_lines(cpu_run):
     assert s['amp bf16'].startswith('PASS: 8/8 rows, losses finite, scaler '
                                     'stepped (CPU autocast, CPU GradScaler')
     assert s['benchmark'].startswith('PASS: 4 rows at batch 2')
-    # tools/train.py --amp falls back to fp32 without CUDA, and says so
-    m = re.match(r'PASS: 4 iters \(fp32: tools/train.py --amp falls back '
-                 r'without CUDA\), resumed from iter_2.pth: max rel. loss '
-                 r'diff (\S+) \(tol 0.01\)', s['train+resume'])
-    assert m and float(m.group(1)) <= 1e-6  # CPU: bit-exact resume
+    # tools/train.py --amp without CUDA: bf16 autocast on a CPU with native
+    # bf16, fp32 on others (mmum.CPUAmpOptimWrapper), and says which
+    m = re.match(r'PASS: 4 iters \((bf16|fp32): tools/train.py --amp on a '
+                 r'CPU with(out)? native bf16\), resumed from iter_2.pth: '
+                 r'max rel. loss diff (\S+) \(tol 0.01\)', s['train+resume'])
+    assert m and float(m.group(3)) <= 1e-6  # CPU: bit-exact resume
     # the repo's env has mmcv's ops: blocked; an MMUM_MMCV_OPS=0 env: absent
     assert s['mmcv ops'].startswith(('blocked (mmcv 2.1.0 has ops; mmcv._ext '
                                      'made absent', 'absent (mmcv 2.1.0'))
