@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
+from mmum.models.layers import autocast_off
 from mmum.registry import MODELS
 
 
@@ -105,7 +106,7 @@ class HOGTarget(BaseModule):
         # histograms at the largest cell that all asked-for cells tile
         # (coarser once the fine-scale decoders are pruned)
         base = reduce(math.gcd, cell_sizes)
-        with torch.autocast(img.device.type, enabled=False):
+        with autocast_off(img.device):
             return self._histograms(img, cell_sizes, base)
 
     def _histograms(self, img: torch.Tensor, cell_sizes: Sequence[int],

@@ -15,7 +15,7 @@ from mmpretrain.models import BaseSelfSupervisor, MAEPretrainDecoder
 from mmpretrain.structures import DataSample
 
 from mmum.models.grid import sincos_positions
-from mmum.models.layers import blocks_at
+from mmum.models.layers import autocast_off, blocks_at
 from mmum.registry import MODELS
 
 
@@ -164,7 +164,7 @@ class GreenMIM(BaseSelfSupervisor):
         masked = mask.flatten().nonzero().squeeze(1).to(inputs.device)
         # float32 under autocast: the per-unit normalised target, the loss
         # and its weights (a half-precision count of units would round)
-        with torch.autocast(inputs.device.type, enabled=False):
+        with autocast_off(inputs.device):
             target = self.head.construct_target(inputs.float())[:, masked]
             return dict(loss=self.head.loss_module(  # target: B, M, u*u*3
                 pred.float(), target,

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from mmum.models.backbones.um_swin import UMSwinTransformer
 from mmum.models.grid import check_grid
 from mmum.models.necks.local_mim_decoder import released_sincos
+from mmum.models.layers import autocast_off
 from mmum.registry import MODELS
 from .um_mae import UMMAE
 
@@ -244,7 +245,7 @@ class LocalMIM(BaseSelfSupervisor):
             else:  # fraction of masked patches in each coarse cell
                 weight = F.adaptive_avg_pool2d(mask, size)
             self.decoder_loss_keys[k] = f'loss_{size[0]}x{size[1]}'
-            with torch.autocast(inputs.device.type, enabled=False):
+            with autocast_off(inputs.device):
                 losses[self.decoder_loss_keys[k]] = self.head.loss(
                     pred.float(), target.flatten(2).transpose(1, 2),
                     weight.flatten(1))

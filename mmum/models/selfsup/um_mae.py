@@ -4,6 +4,7 @@ import torch
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 
+from mmum.models.layers import autocast_off
 from mmum.registry import MODELS
 
 
@@ -131,7 +132,7 @@ class UMMAE(BaseSelfSupervisor):
         # float32 under autocast: the per-patch normalised target (mean /
         # variance of p*p*3 pixels), the loss and its mask weights (a
         # half-precision count of masked patches rounds in bf16 above 256)
-        with torch.autocast(inputs.device.type, enabled=False):
+        with autocast_off(inputs.device):
             target = self.head.construct_target(inputs.float())  # B, h*w, .
             target = target.gather(
                 1, dropped.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
