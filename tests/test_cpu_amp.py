@@ -192,3 +192,28 @@ def test_bf16_loss_curve_follows_fp32(tmp_path, monkeypatch):
     assert max(rel) < 3e-3
     tail = sum(bf16[-10:]) / sum(fp32[-10:])
     assert abs(tail - 1) < 1e-3
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_mmcv_detection_ops_take_half_precision(dtype):
+    """mmcv's CPU nms (fp32 kernels only) and roi_align (no bf16 kernel):
+    the same result as fp32, the gradient in the features' dtype."""
+    ops = pytest.importorskip('mmcv.ops')
+    cpu_amp.patch_mmcv_ops_for_autocast()
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30.]])
+    scores = torch.tensor([.9, .8, .7])
+    _, keep = ops.nms(boxes.to(dtype), scores.to(dtype), 0.5)
+    assert keep.tolist() == [0, 2]
+    _, keep = ops.batched_nms(boxes.to(dtype), scores.to(dtype),
+                              torch.tensor([0, 0, 1]),
+                              dict(iou_threshold=0.5))
+    assert keep.tolist() == [0, 2]
+    feats = torch.randn(1, 4, 16, 16)
+    rois = torch.tensor([[0, 1, 1, 8, 8.]])
+    ref = ops.RoIAlign((7, 7), 1.0, 0)(feats, rois)
+    x = feats.to(dtype).requires_grad_()
+    out = ops.RoIAlign((7, 7), 1.0, 0)(x, rois.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.02)
+    out.float().sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
