@@ -132,16 +132,13 @@ def _amp_cfg():
         optimizer=dict(type='AdamW', lr=1e-3))))
 
 
-def test_amp_falls_back_to_fp32_on_cpu():
+def test_amp_switches_to_the_cpu_wrapper_without_cuda():
+    """More in tests/test_cpu_amp.py (bf16 / fp32, the log line)."""
     cfg = _amp_cfg()
-    if torch.cuda.is_available():
-        cpu_fallback_amp(cfg)
-        assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
-        return
-    with pytest.warns(UserWarning, match='AmpOptimWrapper needs CUDA'):
-        cpu_fallback_amp(cfg)
-    assert cfg.optim_wrapper.type == 'OptimWrapper'
-    assert 'loss_scale' not in cfg.optim_wrapper
+    cpu_fallback_amp(cfg)
+    expected = ('AmpOptimWrapper' if torch.cuda.is_available() else
+                'mmum.CPUAmpOptimWrapper')
+    assert cfg.optim_wrapper.type == expected
 
 
 def test_setup_cpu_distributed(monkeypatch):

@@ -46,11 +46,12 @@ def test_summary_lines(cpu_run):
                  r'both sides on the CPU', s['device = cpu'])
     assert m and float(m.group(1)) == float(m.group(2)) == 0
     assert s['benchmark'].startswith('PASS: 12 rows (fp32) at batch 1')
-    # tools/train.py --amp falls back to fp32 without CUDA, and says so
-    m = re.match(r'PASS: 4 iters \(fp32: tools/train.py --amp falls back '
-                 r'without CUDA\), resumed from iter_2.pth: max rel. loss '
-                 r'diff (\S+) \(tol 0.01\)', s['train+resume'])
-    assert m and float(m.group(1)) <= 1e-6  # CPU: bit-exact resume
+    # tools/train.py --amp without CUDA: bf16 autocast on a CPU with native
+    # bf16, fp32 on others (mmum.CPUAmpOptimWrapper), and says which
+    m = re.match(r'PASS: 4 iters \((bf16|fp32): tools/train.py --amp on a '
+                 r'CPU with(out)? native bf16\), resumed from iter_2.pth: '
+                 r'max rel. loss diff (\S+) \(tol 0.01\)', s['train+resume'])
+    assert m and float(m.group(3)) <= 1e-6  # CPU: bit-exact resume
     # the repo's env has mmcv's ops: blocked; an MMUM_MMCV_OPS=0 env: absent
     assert s['mmcv ops'].startswith(('blocked (mmcv 2.1.0 has ops; mmcv._ext '
                                      'made absent', 'absent (mmcv 2.1.0'))

@@ -122,13 +122,15 @@ def test_test_tool(tmp_path, data_root, full_run):
         load_tool('test').main([TINY_CFG, str(tmp_path / 'missing.pth')])
 
 
-def test_amp_flag_falls_back_to_fp32_without_cuda(tmp_path, data_root):
+def test_amp_flag_without_cuda_trains_on_the_cpu_wrapper(tmp_path,
+                                                          data_root):
+    """--amp without CUDA: bf16 autocast where the CPU has native bf16, else
+    fp32 (tests/test_cpu_amp.py); either way mmum.CPUAmpOptimWrapper."""
     if torch.cuda.is_available():
         pytest.skip('AMP is real with CUDA')
-    with pytest.warns(UserWarning, match='AmpOptimWrapper needs CUDA'):
-        runner = train_tool.main(
-            ['--amp'] + _tiny_args(tmp_path, data_root, 'train_cfg.max_iters=1'))
-    assert type(runner.optim_wrapper).__name__ == 'OptimWrapper'
+    runner = train_tool.main(
+        ['--amp'] + _tiny_args(tmp_path, data_root, 'train_cfg.max_iters=1'))
+    assert type(runner.optim_wrapper).__name__ == 'CPUAmpOptimWrapper'
 
 
 @pytest.mark.parametrize('gpus', ['0', '-1', 'two', '1.5', ''])
@@ -238,7 +240,8 @@ def test_dist_train_pretraining_two_cpu_processes(case, tmp_path):
     proc = run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir',
                      str(work), '--cfg-options', *_shrink_opts(data, 2),
                      *extra], env={'PORT': str(free_port())})
-    assert 'training in fp32' in proc.stderr  # the config asks for AMP
+    # the config asks for AMP: the CPU wrapper says which precision
+    assert 'AmpOptimWrapper on CPU: training in' in proc.stdout + proc.stderr
     assert sorted(p for p in os.listdir(work) if p.endswith('.pth')) == \
         ['iter_2.pth']  # written once, by rank 0
     assert _trained_iters(str(work)) == [1, 2]

@@ -1,9 +1,10 @@
 """mmum demo: UM-MAE Swin-T pre-training for a few iterations on real photos.
 
 The photos are the ones scikit-image ships (no download). The run uses the
-real config ``configs/um_mae/swin_t_200e.py`` with only the data, batch size,
-schedule and (on CPU) precision overridden, writes a checkpoint, and draws
-original / mask / reconstruction for every photo. While it trains,
+real config ``configs/um_mae/swin_t_200e.py`` with only the data, batch size
+and schedule overridden (its AMP runs as bf16 autocast on a CPU with native
+bf16, fp32 on other CPUs: ``mmum.CPUAmpOptimWrapper``), writes a checkpoint,
+and draws original / mask / reconstruction for every photo. While it trains,
 ``mmum.ReconstructionHook`` draws the same pictures and ``mmum.KNNEvalHook``
 measures a weighted k-NN accuracy on crops of the photos labelled by photo
 (README "Watching a run").
@@ -62,8 +63,9 @@ def write_knn_set(photos: list, folder: str, train_per: int = 6,
 
 def demo_cfg(work_dir: str, data_dir: str, iters: int, batch_size: int,
              knn_dir: str = None, photos: list = ()):
-    import torch
     from mmengine.config import Config
+
+    from mmum.utils.dist import cpu_fallback_amp
     cfg = Config.fromfile(
         osp.join(osp.dirname(__file__), '..', 'configs/um_mae/swin_t_200e.py'))
     cfg.work_dir = work_dir
@@ -86,9 +88,9 @@ def demo_cfg(work_dir: str, data_dir: str, iters: int, batch_size: int,
     ][0 if warmup else 1:]
     cfg.optim_wrapper.optimizer.lr = 1e-3
     cfg.optim_wrapper.accumulative_counts = 1
-    if not torch.cuda.is_available():  # AMP needs a GPU
-        cfg.optim_wrapper.type = 'OptimWrapper'
-        cfg.optim_wrapper.pop('loss_scale', None)
+    # the config's AMP: fp16 on a GPU; on a CPU bf16 autocast where it is
+    # native (AVX512-BF16 / AMX), else fp32 (the log says which and why)
+    cpu_fallback_amp(cfg)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=min(10, iters))
     cfg.default_hooks.checkpoint = dict(
         type='CheckpointHook', by_epoch=False, interval=iters,

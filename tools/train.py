@@ -43,7 +43,9 @@ def parse_args(argv=None):
         ' corrupt, resume from the newest intact checkpoint of the work dir '
         'instead (without it such a run stops and names both files)')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (fp32 without CUDA)')
+                        help='automatic mixed precision (fp16 on GPUs; '
+                        'without CUDA bf16 autocast on CPUs with native bf16,'
+                        ' else fp32)')
     parser.add_argument(
         '--cfg-options', nargs='+', metavar='KEY=VALUE',
         help='override config entries, e.g. train_cfg.max_iters=10 '

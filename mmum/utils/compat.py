@@ -46,7 +46,9 @@ Not shimmed, because no code path of mmum reaches them: numpy 2.4 removed
 
 Related CPU fallbacks live in :mod:`mmum.utils.dist` (gloo process group and
 CPU DDP for ``tools/dist_train.sh`` without GPUs; ``AmpOptimWrapper``, which
-mmengine only allows with CUDA, falls back to fp32 with a warning).
+mmengine only allows with CUDA, becomes ``mmum.CPUAmpOptimWrapper``: bf16
+autocast on CPUs with native bf16, fp32 on others, see
+:mod:`mmum.engine.optimizers.cpu_amp`).
 """
 import pickle
 

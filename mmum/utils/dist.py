@@ -10,7 +10,6 @@ process group already exists) and asks for a CPU DDP wrapper.
 import datetime
 import os
 import subprocess
-import warnings
 
 import torch
 import torch.distributed as torch_dist
@@ -99,20 +98,18 @@ def setup_cpu_distributed(cfg, launcher: str = 'none') -> bool:
 
 
 def cpu_fallback_amp(cfg) -> None:
-    """Switch ``AmpOptimWrapper`` to ``OptimWrapper`` when CUDA is absent.
+    """Switch ``AmpOptimWrapper`` to ``mmum.CPUAmpOptimWrapper`` when CUDA is
+    absent.
 
     mmengine's ``AmpOptimWrapper`` asserts that a CUDA/NPU/MLU device exists,
     so an AMP config (``--amp`` or ``optim_wrapper.type='AmpOptimWrapper'``)
-    could not even start on a CPU machine. Training in fp32 is the faithful
-    fallback; a warning says so.
+    could not even start on a CPU machine. The CPU wrapper
+    (:mod:`mmum.engine.optimizers.cpu_amp`) trains in bf16 autocast where
+    the CPU has native bf16 and in fp32 elsewhere, and logs which and why
+    when it is built. With CUDA nothing changes.
     """
     optim_wrapper = cfg.get('optim_wrapper')
     if torch.cuda.is_available() or optim_wrapper is None:
         return
-    if optim_wrapper.get('type') != 'AmpOptimWrapper':
-        return
-    warnings.warn('AmpOptimWrapper needs CUDA, which is not available: '
-                  'training in fp32 with OptimWrapper instead.')
-    optim_wrapper['type'] = 'OptimWrapper'
-    for key in ('loss_scale', 'dtype', 'use_fsdp'):
-        optim_wrapper.pop(key, None)
+    if optim_wrapper.get('type') == 'AmpOptimWrapper':
+        optim_wrapper['type'] = 'mmum.CPUAmpOptimWrapper'

@@ -422,7 +422,10 @@ def stage_train(args, log: Log) -> Tuple[str, str]:
     log.detail('iter  uninterrupted  resumed')
     for i in sorted(a):
         log.detail(f'{i:4d}  {a[i]:.6f}  {b.get(i, float("nan")):.6f}')
-    precision = ('fp32: tools/train.py --amp falls back without CUDA'
+    # without CUDA, mmum.CPUAmpOptimWrapper logs which precision it took
+    precision = ('bf16: tools/train.py --amp on a CPU with native bf16'
+                 if 'training in bf16' in out else
+                 'fp32: tools/train.py --amp on a CPU without native bf16'
                  if 'training in fp32' in out else 'AMP fp16')
     what = (f'{n} iters ({precision}), resumed from iter_{half}.pth: max '
             f'rel. loss diff {rel:.2e} (tol {args.resume_rtol:g}), '

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
+from mmum.models.layers import autocast_off
 from mmum.registry import MODELS
 
 
@@ -82,7 +83,9 @@ class HOGTarget(BaseModule):
                 ) -> List[torch.Tensor]:
         """(B, 3, H, W) normalised images -> one (B, 3 * nbins, H / c,
         W / c) target per cell size ``c`` (channel-major: the bins of R,
-        then G, then B), values in [0, 1], float32.
+        then G, then B), values in [0, 1], float32, also under autocast
+        (computed with autocast disabled: gradients in float64, the
+        pooling and normalisation in float32/64).
 
         Raises:
             ValueError: not (B, 3, H, W) with H, W multiples of the largest
@@ -103,6 +106,11 @@ class HOGTarget(BaseModule):
         # histograms at the largest cell that all asked-for cells tile
         # (coarser once the fine-scale decoders are pruned)
         base = reduce(math.gcd, cell_sizes)
+        with autocast_off(img.device):
+            return self._histograms(img, cell_sizes, base)
+
+    def _histograms(self, img: torch.Tensor, cell_sizes: Sequence[int],
+                    base: int) -> List[torch.Tensor]:
         B, _, H, W = img.shape
         # float64: the exact Sobel of the float32 input, so a gradient that
         # is exactly 0 stays 0 and its bin does not depend on rounding.

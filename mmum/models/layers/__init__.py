@@ -18,3 +18,5 @@ from .linear_xavier_init import LinearXavierInit  # noqa: E402
 __all__ += ['LinearXavierInit']
 from .green_twins_init import GreenMIMTwinsInit  # noqa: E402
 __all__ += ['GreenMIMTwinsInit']
+from .precision import autocast_off  # noqa: E402
+__all__ += ['autocast_off']

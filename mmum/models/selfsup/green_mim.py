@@ -15,7 +15,7 @@ from mmpretrain.models import BaseSelfSupervisor, MAEPretrainDecoder
 from mmpretrain.structures import DataSample
 
 from mmum.models.grid import sincos_positions
-from mmum.models.layers import blocks_at
+from mmum.models.layers import autocast_off, blocks_at
 from mmum.registry import MODELS
 
 
@@ -86,6 +86,10 @@ class GreenMIM(BaseSelfSupervisor):
             taken on masked units, so at least one must be masked.
         mask_unit (int): mask unit in pixels; must equal the encoder's total
             stride (32 for Swin), so every stage sees whole units.
+
+    Under autocast the encoder and decoder run in fp16 / bf16; the mask is
+    bool, the target (per-unit normalisation statistics), the loss and its
+    weights stay float32 (``loss``).
     """
 
     def __init__(self,
@@ -158,9 +162,13 @@ class GreenMIM(BaseSelfSupervisor):
         latent = self.backbone(inputs, mask)[-1]  # B, N_vis, C
         pred = self.neck(latent, mask, masked_only=True)  # B, M, u*u*3
         masked = mask.flatten().nonzero().squeeze(1).to(inputs.device)
-        target = self.head.construct_target(inputs)[:, masked]  # B, M, u*u*3
-        return dict(loss=self.head.loss_module(pred, target,
-                                               pred.new_ones(pred.shape[:2])))
+        # float32 under autocast: the per-unit normalised target, the loss
+        # and its weights (a half-precision count of units would round)
+        with autocast_off(inputs.device):
+            target = self.head.construct_target(inputs.float())[:, masked]
+            return dict(loss=self.head.loss_module(  # target: B, M, u*u*3
+                pred.float(), target,
+                torch.ones(pred.shape[:2], device=pred.device)))
 
 
 __all__ = ['GreenMIM', 'GreenMIMDecoder']

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from mmum.models.backbones.um_swin import UMSwinTransformer
 from mmum.models.grid import check_grid
 from mmum.models.necks.local_mim_decoder import released_sincos
+from mmum.models.layers import autocast_off
 from mmum.registry import MODELS
 from .um_mae import UMMAE
 
@@ -156,6 +157,10 @@ class LocalMIM(BaseSelfSupervisor):
     At a scale coarser than the patch grid a cell is weighted by the
     fraction of its patches that are masked.
 
+    Under autocast the encoder and decoders run in fp16 / bf16; the HOG
+    targets (:class:`mmum.HOGTarget`, autocast disabled), the mask weights
+    and the losses stay float32 (``local_losses``).
+
     Args:
         backbone (dict): e.g. ``mmum.LocalMIMViT``; must return
             ``(features, mask, ids_restore)`` and have ``num_frozen_layers``.
@@ -240,8 +245,10 @@ class LocalMIM(BaseSelfSupervisor):
             else:  # fraction of masked patches in each coarse cell
                 weight = F.adaptive_avg_pool2d(mask, size)
             self.decoder_loss_keys[k] = f'loss_{size[0]}x{size[1]}'
-            losses[self.decoder_loss_keys[k]] = self.head.loss(
-                pred, target.flatten(2).transpose(1, 2), weight.flatten(1))
+            with autocast_off(inputs.device):
+                losses[self.decoder_loss_keys[k]] = self.head.loss(
+                    pred.float(), target.flatten(2).transpose(1, 2),
+                    weight.flatten(1))
         return losses
 
 

@@ -6,6 +6,7 @@ from mmengine.logging import print_log
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 
+from mmum.models.layers import autocast_off
 from mmum.registry import MODELS
 
 
@@ -66,6 +67,11 @@ class UMMAE(BaseSelfSupervisor):
     token (``secondary_mask``). The visible patches are packed into a compact
     H/2 x W/2 image for the encoder; the decoder reconstructs every patch and
     the loss is taken on the dropped ones (paper §3, Fig. 5).
+
+    Under autocast (``AmpOptimWrapper``, ``mmum.CPUAmpOptimWrapper``) the
+    encoder and decoder run in fp16 / bf16; the target (per-patch
+    normalisation statistics), the loss and its weights stay float32
+    (``loss``), the masks are integer / bool.
 
     Args:
         patch_size (int): Masking unit in pixels. Defaults to 16.
@@ -157,11 +163,16 @@ class UMMAE(BaseSelfSupervisor):
         # the loss reads the dropped patches only, so only they are predicted
         dropped = dropped_index(mask)  # B, M = 3/4 h*w
         pred = self.neck(latent, index, dropped)  # B, M, p*p*3
-        target = self.head.construct_target(inputs)  # B, h*w, p*p*3
-        target = target.gather(
-            1, dropped.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
-        loss = self.head.loss_module(pred, target,
-                                     pred.new_ones(dropped.shape))
+        # float32 under autocast: the per-patch normalised target (mean /
+        # variance of p*p*3 pixels), the loss and its mask weights (a
+        # half-precision count of masked patches rounds in bf16 above 256)
+        with autocast_off(inputs.device):
+            target = self.head.construct_target(inputs.float())  # B, h*w, .
+            target = target.gather(
+                1, dropped.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
+            loss = self.head.loss_module(
+                pred.float(), target,
+                torch.ones(dropped.shape, device=pred.device))
         return dict(loss=loss)
 
     @torch.no_grad()
