@@ -39,7 +39,8 @@ The summary's ``mmcv ops`` line says whether mmcv's ops carry CUDA kernels
 stage small (tiny architectures, batch 2, 4 training iterations): this is how
 the tests run it. There AMP means bf16 autocast (``AmpOptimWrapper`` built
 past its CUDA assertion with torch's CPU ``GradScaler``), fp16 is *n/a* and
-``tools/train.py --amp`` falls back to fp32 (reported so). ``--no-mmcv-ops``
+``tools/train.py --amp`` trains through ``mmum.CPUAmpOptimWrapper`` (bf16
+on a CPU with native bf16, else fp32; reported so). ``--no-mmcv-ops``
 refuses every import of ``mmcv._ext`` in this process and its subprocesses,
 as an mmcv built with ``MMCV_WITH_OPS=0`` would (implied after an install
 without ops).
