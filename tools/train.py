@@ -8,6 +8,7 @@ Examples::
     python tools/train.py CONFIG --resume --resume-from-intact  # skip a
                                           # truncated latest checkpoint
     tools/dist_train.sh CONFIG 8 --amp                    # 8 GPUs (or CPUs)
+    python tools/train.py CONFIG --compile                # torch.compile
 """
 import argparse
 import os
@@ -40,6 +41,10 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (fp32 without CUDA)')
     parser.add_argument(
+        '--compile', action='store_true',
+        help="torch.compile the model's loss (sets compile=True; the "
+        'optimizer step stays eager, see mmum/engine/compile.py)')
+    parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config entries, e.g. train_cfg.max_iters=10 '
         'key="[a,b]"; merged into the config last')
@@ -66,6 +71,8 @@ def merge_args(cfg, args):
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.compile:
+        cfg.compile = True
     if args.resume is not None:
         cfg.resume = True
         cfg.load_from = None if args.resume == 'auto' else args.resume

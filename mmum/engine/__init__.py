@@ -2,3 +2,4 @@ from .hooks import *  # noqa: F401,F403
 from .optimizers import *  # noqa: F401,F403
 from .schedulers import *  # noqa: F401,F403
 from . import checkpoint  # noqa: F401,E402  clearer checkpoint errors
+from . import compile  # noqa: F401,E402  compile=True compiles the loss

@@ -16,3 +16,5 @@ __all__ += ['build_neighbour_index', 'build_strided_index',
             'sparse_strided_conv', 'submanifold_dwconv3x3']
 from .linear_xavier_init import LinearXavierInit  # noqa: E402
 __all__ += ['LinearXavierInit']
+from .drop_rates import float_drop_rates  # noqa: E402
+__all__ += ['float_drop_rates']
