@@ -34,23 +34,28 @@ from _tiny_runs import ROOT, load_tool, make_imagenet_folder
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 # tiny versions of configs/um_mae/swin_t_200e.py and
-# configs/vitfreeze/vit_b_100e.py (drop path on: every block has DropPath)
+# configs/vitfreeze/vit_b_100e.py; the model tests shrink the ViTFreeze one
+# further (2 blocks, 2 decoders) and turn drop path on (a DropPath in every
+# block)
 CASES = {
     'um_mae': ('tests/configs/tiny_um_mae.py', {}),
-    'vitfreeze': ('tests/configs/tiny_vitfreeze.py',
-                  dict(drop_path_rate=0.1)),
+    'vitfreeze': ('tests/configs/tiny_vitfreeze.py', dict(
+        backbone=dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
+                                feedforward_channels=64),
+                      out_indices=(0, 1), drop_path_rate=0.1),
+        target_generator=dict(cell_sizes=(16, 32)))),
 }
 
 
 def build(case):
     """The config's model (data preprocessor merged as the Runner does) in
     train mode, and its train pipeline after the image loading."""
-    path, backbone = CASES[case]
+    path, shrink = CASES[case]
     cfg = Config.fromfile(osp.join(ROOT, path))
+    cfg.merge_from_dict(dict(model=shrink))
     model_cfg = copy.deepcopy(cfg.model)
     if cfg.get('data_preprocessor') is not None:
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
-    model_cfg.backbone.update(backbone)
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope',
                                                       'mmum')):
         torch.manual_seed(0)
