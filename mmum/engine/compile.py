@@ -2,10 +2,12 @@
 
 mmengine 0.10.7 reads the config key ``compile`` (``True`` or a dict of
 :func:`torch.compile` arguments) in ``Runner.train`` and compiles the
-model's whole ``train_step``, optimizer step included. With torch 2.x
-(checked on 2.14) that dies in the optimizer, inside ``torch/optim/adam.py``
-(``'UserDefinedDictVariable' object has no attribute 'items'``), for mmum's
-models and for a plain mmpretrain classifier alike.
+model's whole ``train_step``: data preprocessor, loss and optimizer step.
+With torch 2.14 that fails for mmum's pre-training configs: UM-MAE in the
+data preprocessor (``'ndarray' object has no attribute 'to'``), ViTFreeze in
+the optimizer step (``'UserDefinedDictVariable' object has no attribute
+'items'`` in ``torch/optim/adam.py``, with mmpretrain's layer-decay
+constructor).
 
 ``import mmum`` (every mmum config imports it) therefore makes the same key
 compile only what is worth compiling: the model's ``loss`` method, i.e. the
@@ -84,8 +86,8 @@ def _maybe_compile(self: Runner, target: str) -> None:
         f'compile: {type(module).__name__}.loss is compiled with '
         f'torch.compile({compile_cfg if compile_cfg is not True else ""}); '
         'the optimizer step and the hooks run eagerly (mmum.engine.compile: '
-        "mmengine's compile of the whole train_step fails in the optimizer "
-        'on this torch). The first iterations are slow while it compiles.')
+        "mmengine's compile of the whole train_step fails on this torch). "
+        'The first iterations are slow while it compiles.')
 
 
 Runner._maybe_compile = _maybe_compile
