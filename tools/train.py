@@ -8,6 +8,7 @@ Examples::
     python tools/train.py CONFIG --resume --resume-from-intact  # skip a
                                           # truncated latest checkpoint
     tools/dist_train.sh CONFIG 8 --amp                    # 8 GPUs (or CPUs)
+    python tools/train.py CONFIG --compile                # torch.compile
 """
 import argparse
 import os
@@ -47,6 +48,10 @@ def parse_args(argv=None):
                         'without CUDA bf16 autocast on CPUs with native bf16,'
                         ' else fp32)')
     parser.add_argument(
+        '--compile', action='store_true',
+        help="torch.compile the model's loss (sets compile=True; the "
+        'optimizer step stays eager, see mmum/engine/compile.py)')
+    parser.add_argument(
         '--cfg-options', nargs='+', metavar='KEY=VALUE',
         help='override config entries, e.g. train_cfg.max_iters=10 '
         'key="[a,b]"; merged into the config last')
@@ -73,6 +78,8 @@ def merge_args(cfg, args):
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.compile:
+        cfg.compile = True
     if args.resume is not None:
         cfg.resume = True
         cfg.load_from = None if args.resume == 'auto' else args.resume

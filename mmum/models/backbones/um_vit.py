@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from mmpretrain.models import MAEViT
 
+from mmum.models.layers import float_drop_rates
 from mmum.registry import MODELS
 
 
@@ -58,6 +59,7 @@ class UMViT(MAEViT):
                 f"sampling {sampling!r} keeps one patch of every 2x2 cell, so "
                 f"mask_ratio is 0.75; got {kwargs['mask_ratio']!r}")
         super().__init__(*args, **kwargs)
+        float_drop_rates(self)  # no numpy scalars: no graph breaks
         self.sampling = sampling
         self.secondary_ratio = secondary_ratio
         if sampling == 'UM':

@@ -20,3 +20,5 @@ from .green_twins_init import GreenMIMTwinsInit  # noqa: E402
 __all__ += ['GreenMIMTwinsInit']
 from .precision import autocast_off  # noqa: E402
 __all__ += ['autocast_off']
+from .drop_rates import float_drop_rates  # noqa: E402
+__all__ += ['float_drop_rates']

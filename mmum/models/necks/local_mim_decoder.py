@@ -95,8 +95,8 @@ class LocalMIMDecoder(BaseModule):
         super().__init__(init_cfg)
         self.grid = tuple(grid) if isinstance(grid, (tuple, list)) else (
             grid, grid)
-        out_size = tuple(out_size) if isinstance(out_size, (
-            tuple, list)) else (out_size, out_size)
+        self.out_size = out_size = tuple(out_size) if isinstance(
+            out_size, (tuple, list)) else (out_size, out_size)
         up = [o / g for o, g in zip(out_size, self.grid)]
         if up[0] != up[1] or not (
                 up[0] >= 1 and math.log2(up[0]).is_integer()

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmum.models.backbones.um_swin import UMSwinTransformer
 from mmum.models.grid import check_grid
+from mmum.models.layers import float_drop_rates
 from mmum.models.necks.local_mim_decoder import released_sincos
 from mmum.models.layers import autocast_off
 from mmum.registry import MODELS
@@ -80,6 +81,7 @@ class LocalMIMViT(MAEViT):
             out_indices = [out_indices]
         super().__init__(out_indices=list(out_indices), final_norm=False,
                          **kwargs)
+        float_drop_rates(self)  # no numpy scalars: no graph breaks
         L = self.patch_resolution[0] * self.patch_resolution[1]
         if not 1 <= int(L * (1 - ratio)) < L:
             raise ValueError(
@@ -190,7 +192,12 @@ class LocalMIM(BaseSelfSupervisor):
         # decoder k is fed by layer decoder_layers[k] (get_layer_depth order)
         self.decoder_layers = tuple(i + 1 for i in out_indices)
         self.pruned_decoders = set()
-        self.decoder_loss_keys = {}  # decoder -> its key in the loss dict
+        # decoder -> its key in the loss dict (fixed here, not in the
+        # forward: torch.compile would recompile after the first step)
+        self.decoder_loss_keys = {
+            k: 'loss_{}x{}'.format(*decoder.out_size)
+            for k, decoder in enumerate(self.neck)
+        }
 
     def decoders(self, neck: dict) -> List[nn.Module]:
         img = self.backbone.img_size
@@ -244,7 +251,6 @@ class LocalMIM(BaseSelfSupervisor):
                 weight = F.interpolate(mask, size=size, mode='nearest')
             else:  # fraction of masked patches in each coarse cell
                 weight = F.adaptive_avg_pool2d(mask, size)
-            self.decoder_loss_keys[k] = f'loss_{size[0]}x{size[1]}'
             with autocast_off(inputs.device):
                 losses[self.decoder_loss_keys[k]] = self.head.loss(
                     pred.float(), target.flatten(2).transpose(1, 2),
