@@ -114,11 +114,6 @@ def test_loss_is_one_graph_reused_for_new_masks(case):
     crops and masks of the same size: compiled once."""
     torch._dynamo.reset()
     model, pipeline = build(case)
-    if case == 'simmim':
-        # LogCPB fills a CPU dict of index tables in its first forward, a
-        # one-time recompilation (issue 25, finding 3); an eager forward
-        # first, until the tables are made at build
-        seeded(model.loss, batch(model, pipeline, seed=2))
     counter = CompileCounter()
     compiled = torch.compile(model.loss, backend=counter, fullgraph=True)
     for seed in (0, 1):
