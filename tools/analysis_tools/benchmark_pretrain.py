@@ -394,11 +394,11 @@ def make_batch(row: dict, args, batch_size: Optional[int] = None) -> dict:
 # ---------------------------------------------------------------- measuring
 class GroupingTimer:
     """Wall time spent planning GreenMIM's sparse computation during a step:
-    the window grouping (``build_group_plan``, which runs the
+    the window grouping (``plan_groups``, which runs the
     optimal-grouping search) and, for Twins, the index building of the
     sparse convolutions."""
-    PLANNERS = ((green_swin, 'build_group_plan'),
-                (green_twins, 'build_group_plan'),
+    PLANNERS = ((green_swin, 'plan_groups'),
+                (green_twins, 'plan_groups'),
                 (green_twins, 'build_strided_index'),
                 (green_twins, 'build_neighbour_index'))
 
@@ -909,7 +909,7 @@ def format_table(results: List[dict], args) -> str:
         'saving: tools/analysis_tools/benchmark_freezeout.py)',
         'x columns: the reference row\'s value / this row\'s (> 1: cheaper)'
         ' from the measured values above; grouping %: share of the step '
-        'spent in GreenMIM\'s build_group_plan (optimal grouping search + '
+        'spent in GreenMIM\'s plan_groups (optimal grouping search + '
         'index building; for Twins also the sparse convolutions\' index '
         'building)',
     ]
