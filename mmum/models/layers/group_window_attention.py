@@ -64,6 +64,19 @@ class GroupLayout(NamedTuple):
         return GroupPlan(self.index, self.slot, allowed, rel_index)
 
 
+def mark_groups_dynamic(layout: GroupLayout) -> None:
+    """Tell ``torch.compile`` that the group count ``G`` and size ``gs``
+    change with every mask: ``G`` unbacked (no specialisation to 1, which a
+    stage with few windows often draws), ``gs`` and ``G*gs`` dynamic from
+    the first compile. One graph then serves every mask of a given image
+    and batch size (tests/test_green_mim_compile.py); without the marks
+    each new ``G`` / ``gs`` pattern recompiles. No effect in eager mode."""
+    for t in (layout.label, layout.coords):
+        torch._dynamo.decorators.mark_unbacked(t, 0)
+        torch._dynamo.maybe_mark_dynamic(t, 1)
+    torch._dynamo.maybe_mark_dynamic(layout.index, 0)
+
+
 def window_ids(coords: torch.Tensor, window_size: int,
                shift_size: int) -> torch.Tensor:
     """Window of each token (N, 2 grid coords) for a block with the given
@@ -187,5 +200,5 @@ class GroupWindowAttention(WindowMSA):
 
 __all__ = [
     'GroupLayout', 'GroupPlan', 'GroupWindowAttention', 'build_group_plan',
-    'grouped_attention', 'plan_groups', 'window_ids'
+    'grouped_attention', 'mark_groups_dynamic', 'plan_groups', 'window_ids'
 ]

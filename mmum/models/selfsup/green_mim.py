@@ -14,9 +14,12 @@ from mmengine.dist import get_dist_info
 from mmpretrain.models import (BaseSelfSupervisor, MAEPretrainDecoder,
                                SelfSupDataPreprocessor)
 from mmpretrain.structures import DataSample
+from torch.utils._pytree import tree_flatten
 
 from mmum.models.grid import sincos_positions
 from mmum.models.layers import blocks_at
+from mmum.models.layers.group_window_attention import (GroupLayout,
+                                                       mark_groups_dynamic)
 from mmum.models.layers.host_plan import plan_to_device
 from mmum.registry import MODELS
 
@@ -180,7 +183,9 @@ class GreenMIM(BaseSelfSupervisor):
         it to ``inputs.device`` with one non-blocking copy from page-locked
         memory (:func:`~mmum.models.layers.host_plan.plan_to_device`). Only
         ``inputs.shape`` is read. Host Python, never traced by
-        ``torch.compile``.
+        ``torch.compile``; the group dimensions that change with the mask
+        are marked dynamic (:func:`mark_groups_dynamic`), so a compiled
+        model does not recompile for new masks.
 
         Returns:
             ``dict(mask=(h, w) bool, True = masked, backbone=..., decoder=...)``
@@ -190,7 +195,12 @@ class GreenMIM(BaseSelfSupervisor):
         plan = dict(mask=mask,
                     backbone=self.backbone.plan(mask, inputs.shape[-2:]),
                     decoder=self.neck.plan(mask))
-        return plan_to_device(plan, inputs.device)
+        plan = plan_to_device(plan, inputs.device)
+        for layout in tree_flatten(
+                plan, is_leaf=lambda x: isinstance(x, GroupLayout))[0]:
+            if isinstance(layout, GroupLayout):
+                mark_groups_dynamic(layout)  # for torch.compile
+        return plan
 
     def forward(self,
                 inputs: torch.Tensor,
