@@ -243,10 +243,12 @@ class GreenTwins(SVT):
     def _check_mask(self, size, mask):
         H, W = size
         s = self.total_stride
-        hint = f'e.g. {self.suggest_size(H)}x{self.suggest_size(W)}'
+        def hint():  # built only for an error: the search takes ms
+            return f'e.g. {self.suggest_size(H)}x{self.suggest_size(W)}'
+
         if H % s or W % s:
             raise ValueError(f'image size {H}x{W} must be divisible by the '
-                             f'mask unit = encoder total stride {s} ({hint})')
+                             f'mask unit = encoder total stride {s} ({hint()})')
         if mask.dtype != torch.bool or mask.shape != (H // s, W // s):
             raise ValueError(
                 f'mask must be a bool tensor of shape {(H // s, W // s)} '
@@ -264,7 +266,7 @@ class GreenTwins(SVT):
                     f'not a multiple of window size {ws}; SVT would pad it '
                     'with tokens that are not part of the image. Use an '
                     'image size whose stage maps are multiples of the '
-                    f'windows, {hint}.')
+                    f'windows, {hint()}.')
         return ~mask
 
     def fits(self, side: int) -> bool:

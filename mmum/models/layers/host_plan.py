@@ -15,6 +15,7 @@ import torch
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 _ALIGN = 8  # bytes: every leaf starts at a multiple of the widest dtype
+_ZEROS = torch.zeros(_ALIGN, dtype=torch.uint8)
 
 
 class PackedPlan(NamedTuple):
@@ -50,23 +51,24 @@ def pack_plan(tree: Any, pin_memory: bool = False) -> PackedPlan:
         ValueError: a tensor leaf that is not on the CPU.
     """
     leaves, spec = tree_flatten(tree)
-    layout, plain, size = [], [], 0
+    layout, plain, parts, size = [], [], [], 0
     for leaf in leaves:
-        if isinstance(leaf, torch.Tensor):
-            if leaf.device.type != 'cpu':
-                raise ValueError(f'plan tensors must be planned on the host, '
-                                 f'got one on {leaf.device}')
-            layout.append((size, leaf.dtype, leaf.shape))
-            plain.append(None)
-            size += -(-leaf.numel() * leaf.element_size() // _ALIGN) * _ALIGN
-        else:
+        if not isinstance(leaf, torch.Tensor):
             layout.append(None)
             plain.append(leaf)
+            continue
+        if leaf.device.type != 'cpu':
+            raise ValueError(f'plan tensors must be planned on the host, '
+                             f'got one on {leaf.device}')
+        layout.append((size, leaf.dtype, leaf.shape))
+        plain.append(None)
+        data = leaf.contiguous().view(-1).view(torch.uint8)
+        pad = -data.numel() % _ALIGN
+        parts += [data, _ZEROS[:pad]] if pad else [data]
+        size += data.numel() + pad
     buffer = torch.empty(size, dtype=torch.uint8, pin_memory=pin_memory)
-    for leaf, where in zip(leaves, layout):
-        if where is not None and leaf.numel():
-            flat = leaf.contiguous().view(-1).view(torch.uint8)
-            buffer[where[0]:where[0] + flat.numel()].copy_(flat)
+    if parts:
+        torch.cat(parts, out=buffer)  # one copy into the (pinned) buffer
     return PackedPlan(buffer, layout, plain, spec)
 
 
