@@ -255,6 +255,7 @@ class GreenMIMDataPreprocessor(SelfSupDataPreprocessor):
         super().__init__(*args, non_blocking=non_blocking, **kwargs)
         self.planner = None
 
+    @torch.compiler.disable  # host work (batch move, planning): eager
     def forward(self, data: dict, training: bool = False) -> dict:
         inputs, data_samples = self.cast_data(
             [data['inputs'], data.get('data_samples')])
