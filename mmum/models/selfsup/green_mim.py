@@ -2,7 +2,8 @@
 
 Huang et al., "Green Hierarchical Vision Transformer for Masked Image
 Modeling", NeurIPS 2022. One random mask of ``mask_unit``-pixel units is drawn
-per micro-batch (§3.5, different on every rank); the encoder
+per micro-batch (§3.5, different on every rank) on the host, where the whole
+step is planned and then moved to the device in one copy; the encoder
 (:class:`GreenSwinTransformer`) runs on the visible units, a light MAE decoder
 puts each visible token back at its own unit and fills the rest with the mask
 token, and the loss is the MSE of per-unit normalised pixels on masked units.
@@ -107,6 +108,11 @@ class GreenMIM(BaseSelfSupervisor):
             taken on masked units, so at least one must be masked.
         mask_unit (int): mask unit in pixels; must equal the encoder's total
             stride (32 for Swin), so every stage sees whole units.
+        data_preprocessor (dict, optional): defaults to
+            :class:`GreenMIMDataPreprocessor`, which plans each training
+            step on the host (:meth:`plan`) and hands the plan to
+            :meth:`loss`; with another preprocessor :meth:`loss` plans at
+            its start, the same way.
     """
 
     def __init__(self,
