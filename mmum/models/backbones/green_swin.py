@@ -168,6 +168,8 @@ class GreenSwinTransformer(SwinTransformer):
         """
         if mask is None and plan is None:
             return super().forward(x)
+        if mask is not None and plan is not None:
+            raise ValueError('give the mask or its plan, not both')
         if plan is None:
             plan = plan_to_device(self.plan(mask, x.shape[-2:]), x.device)
         x, hw = self.patch_embed(x)  # B, H0*W0, C
@@ -195,7 +197,8 @@ class GreenSwinTransformer(SwinTransformer):
     def plan(self, mask: torch.Tensor, size) -> dict:
         """Everything the visible-token forward needs from ``mask``,
         computed on the host (it reads the mask: run it before the step and
-        move it once with :func:`~mmum.models.layers.host_plan.plan_to_device`).
+        move it once with
+        :func:`~mmum.models.layers.host_plan.plan_to_device`).
 
         Args:
             mask: (H/stride, W/stride) bool on the host, True = masked.

@@ -167,6 +167,8 @@ class GreenTwins(SVT):
                     "mmpretrain's SVT forward, without checkpointing. Run it"
                     ' under torch.no_grad() or build with with_cp=False.')
             return super().forward(x)
+        if mask is not None and plan is not None:
+            raise ValueError('give the mask or its plan, not both')
         if plan is None:
             plan = plan_to_device(self.plan(mask, x.shape[-2:]), x.device)
         # the image as a sparse map of its visible pixels
@@ -182,7 +184,8 @@ class GreenTwins(SVT):
     def plan(self, mask: torch.Tensor, size) -> dict:
         """Everything the visible-token forward needs from ``mask``,
         computed on the host (it reads the mask: run it before the step and
-        move it once with :func:`~mmum.models.layers.host_plan.plan_to_device`).
+        move it once with
+        :func:`~mmum.models.layers.host_plan.plan_to_device`).
 
         Args:
             mask: (H/stride, W/stride) bool on the host, True = masked.
@@ -247,8 +250,9 @@ class GreenTwins(SVT):
             return f'e.g. {self.suggest_size(H)}x{self.suggest_size(W)}'
 
         if H % s or W % s:
-            raise ValueError(f'image size {H}x{W} must be divisible by the '
-                             f'mask unit = encoder total stride {s} ({hint()})')
+            raise ValueError(
+                f'image size {H}x{W} must be divisible by the mask unit = '
+                f'encoder total stride {s} ({hint()})')
         if mask.dtype != torch.bool or mask.shape != (H // s, W // s):
             raise ValueError(
                 f'mask must be a bool tensor of shape {(H // s, W // s)} '

@@ -194,7 +194,8 @@ class GreenMIM(BaseSelfSupervisor):
         model does not recompile for new masks.
 
         Returns:
-            ``dict(mask=(h, w) bool, True = masked, backbone=..., decoder=...)``
+            ``dict(mask=(h, w) bool, True = masked, backbone=...,
+            decoder=...)``
             on ``inputs.device``, for :meth:`loss`.
         """
         mask = self.random_mask(inputs)  # h, w on the host
