@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 def _group_shapes(plan):
     return tuple(
-        tuple(x.label.shape) for x in tree_flatten(
+        tuple(x.slots.shape[:2]) for x in tree_flatten(
             plan, is_leaf=lambda x: isinstance(x, GroupLayout))[0]
         if isinstance(x, GroupLayout))
 

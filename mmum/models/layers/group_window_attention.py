@@ -42,39 +42,38 @@ class GroupPlan(NamedTuple):
 
 
 class GroupLayout(NamedTuple):
-    """The host-planned part of a :class:`GroupPlan`: O(slots) integers."""
-    index: torch.Tensor  # (G*gs,) token of each slot; N marks a padding slot
+    """The host-planned part of a :class:`GroupPlan`: O(slots) integers,
+    one (G, gs, 4) table so that ``G`` and ``gs`` are one pair of sizes."""
+    slots: torch.Tensor  # (G, gs, 4) per slot: token (N = padding), window
+    # id (-1 = padding), grid row, grid col (0, 0 for padding)
     slot: torch.Tensor  # (N,) slot of each token
-    label: torch.Tensor  # (G, gs) window id of each slot, -1 for padding
-    coords: torch.Tensor  # (G, gs, 2) grid (row, col) of each slot, 0 pads
 
     def expand(self, window_size: Optional[int]) -> GroupPlan:
         """The :class:`GroupPlan`, computed where the layout lives (the
         device, from data already there: no read-back). ``window_size``
         gives the relative-position bias index of every pair (Swin);
         None leaves ``rel_index`` out (Twins' LSA has no bias)."""
-        label = self.label
+        label = self.slots[..., 1]  # G, gs
         allowed = label[:, :, None] == label[:, None, :]  # G, gs, gs
         rel_index = None
         if window_size is not None:
-            c = self.coords
+            c = self.slots[..., 2:]  # G, gs, 2
             rel = c[:, :, None] - c[:, None] + window_size - 1
             rel_index = rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
             rel_index = rel_index.masked_fill(~allowed, 0)  # G, gs, gs
-        return GroupPlan(self.index, self.slot, allowed, rel_index)
+        index = self.slots[..., 0].reshape(-1)  # G*gs
+        return GroupPlan(index, self.slot, allowed, rel_index)
 
 
 def mark_groups_dynamic(layout: GroupLayout) -> None:
     """Tell ``torch.compile`` that the group count ``G`` and size ``gs``
     change with every mask: ``G`` unbacked (no specialisation to 1, which a
-    stage with few windows often draws), ``gs`` and ``G*gs`` dynamic from
-    the first compile. One graph then serves every mask of a given image
-    and batch size (tests/test_green_mim_compile.py); without the marks
-    each new ``G`` / ``gs`` pattern recompiles. No effect in eager mode."""
-    for t in (layout.label, layout.coords):
-        torch._dynamo.decorators.mark_unbacked(t, 0)
-        torch._dynamo.maybe_mark_dynamic(t, 1)
-    torch._dynamo.maybe_mark_dynamic(layout.index, 0)
+    stage with few windows often draws), ``gs`` dynamic from the first
+    compile. One graph then serves every mask of a given image and batch
+    size (tests/test_green_mim_compile.py); without the marks each new
+    ``G`` / ``gs`` pattern recompiles. No effect in eager mode."""
+    torch._dynamo.decorators.mark_unbacked(layout.slots, 0)
+    torch._dynamo.maybe_mark_dynamic(layout.slots, 1)
 
 
 def window_ids(coords: torch.Tensor, window_size: int,
@@ -121,8 +120,8 @@ def plan_groups(coords: torch.Tensor, window_size: int, shift_size: int,
     label[slot] = win
     slot_coords = coords.new_zeros(num_slots, 2)
     slot_coords[slot] = coords
-    return GroupLayout(index, slot, label.view(-1, gs),
-                       slot_coords.view(-1, gs, 2))
+    slots = torch.cat([index[:, None], label[:, None], slot_coords], 1)
+    return GroupLayout(slots.view(-1, gs, 4), slot)
 
 
 def build_group_plan(coords: torch.Tensor, window_size: int, shift_size: int,
