@@ -4,9 +4,9 @@ The plan (data preprocessor) marks the group count of every grouping
 unbacked and the group size dynamic (``mark_groups_dynamic``), so new masks,
 which change how many groups of which size each stage needs (a group count
 of 1 included), reuse the first graph; everything else in the step has the
-same shape for every mask of a given ratio. Compiled losses and gradients
-equal eager ones on the same plan. Slow: one compile (AOTAutograd, forward
-and backward) takes minutes on a busy 2-core machine."""
+same shape for every mask of a given ratio. Compiled (inductor) losses and
+gradients equal eager ones on the same plan to float rounding. Slow: one
+compile of forward and backward takes minutes on a busy 2-core machine."""
 import pytest
 import torch
 from mmpretrain.structures import DataSample
@@ -46,7 +46,7 @@ def test_compiled_step_one_graph_for_every_mask(build, one_group):
         return model(inputs, samples, mode='loss', plan=plan)['loss']
 
     params = [p for p in model.parameters() if p.requires_grad]
-    counter = CompileCounterWithBackend('aot_eager')
+    counter = CompileCounterWithBackend('inductor')
     compiled = torch.compile(step, backend=counter, fullgraph=True)
     shapes = []
     for i in range(6):
@@ -54,7 +54,7 @@ def test_compiled_step_one_graph_for_every_mask(build, one_group):
         shapes.append(_group_shapes(batch['plan']))
         loss = compiled(batch['inputs'], batch['plan'])
         eager = step(batch['inputs'], batch['plan'])
-        torch.testing.assert_close(loss, eager, rtol=1e-6, atol=0)
+        torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
         if i == 0:  # gradients too
             model.zero_grad()
             loss.backward()
