@@ -246,10 +246,11 @@ def test_predicting_only_masked_units_changes_nothing(monkeypatch):
 
 
 def test_step_reads_no_device_data():
-    """No host-device sync in the training step: the batch-wise mask is
-    drawn, checked and grouped (optimal grouping) on the host and only index
-    tensors move, so the step runs with the model and images on the
-    ``meta`` device, whose tensors have no data to read back."""
+    """The step reads no device data: the batch-wise mask is drawn,
+    checked and planned (optimal grouping, indices) on the host and the
+    plan moves in one copy, so the step runs with the model and images on
+    the ``meta`` device, whose tensors have no data to read back (the copies
+    are counted in tests/test_green_mim_sync.py)."""
     torch.manual_seed(0)
     model = _tiny_model().to('meta')
     loss = model.loss(torch.randn(2, 3, 128, 128, device='meta'),

@@ -94,8 +94,9 @@ def test_tiny_loss_and_grads():
 
 
 def test_step_reads_no_device_data():
-    """Masks, groupings and sparse-conv indices live on the host; the step
-    runs on the ``meta`` device (no data to read back, so no sync)."""
+    """Masks, groupings and sparse-conv indices are planned on the host;
+    the step runs on the ``meta`` device (no data to read back; the one
+    planned transfer is counted in tests/test_green_mim_sync.py)."""
     torch.manual_seed(0)
     model = _tiny_model().to('meta')
     loss = model.loss(torch.randn(2, 3, 128, 128, device='meta'),

@@ -48,8 +48,16 @@ model = dict(
         dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0)
     ])
 
+# the base's normalisation (mean / std, BGR -> RGB); this subclass also
+# draws the step's mask and plans every index on the host, moved to the
+# device in one non-blocking copy (docs/green_mim.md, "Host planning")
+data_preprocessor = dict(type='mmum.GreenMIMDataPreprocessor')
+
 train_dataloader = dict(
     batch_size=256,
+    # the batch crosses from pinned memory without blocking
+    # (mmum.GreenMIMDataPreprocessor), then the step's plan in one copy
+    pin_memory=True,
     # the mmpretrain base's dicts carry `_scope_`, which default_collate
     # would receive as a keyword
     collate_fn=dict(_delete_=True, type='default_collate'),

@@ -431,14 +431,14 @@ def sync(opts) -> None:
 
 class GroupingTimer:
     """Wall time spent planning GreenMIM's sparse computation during a step:
-    the window grouping (``build_group_plan``, with the optimal-grouping
+    the window grouping (``plan_groups``, with the optimal-grouping
     search) and, for Twins, the sparse convolutions' index building."""
 
     def __init__(self):
         import mmum.models.backbones.green_swin as green_swin
         import mmum.models.backbones.green_twins as green_twins
-        self.planners = ((green_swin, 'build_group_plan'),
-                         (green_twins, 'build_group_plan'),
+        self.planners = ((green_swin, 'plan_groups'),
+                         (green_twins, 'plan_groups'),
                          (green_twins, 'build_strided_index'),
                          (green_twins, 'build_neighbour_index'))
         self.seconds = 0.

@@ -23,8 +23,8 @@ from mmpretrain.models import SwinTransformer
 from mmpretrain.models.utils import resize_pos_embed
 
 from mmum.registry import MODELS
-from ..layers.group_window_attention import (GroupWindowAttention,
-                                             build_group_plan)
+from ..layers.group_window_attention import GroupWindowAttention, plan_groups
+from ..layers.host_plan import plan_to_device
 
 
 @MODELS.register_module()
@@ -148,11 +148,17 @@ class GreenSwinTransformer(SwinTransformer):
             out.append(stage)
         return out
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+    def forward(self,
+                x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None,
+                plan: Optional[dict] = None):
         """Args:
             x: images (B, 3, H, W).
-            mask: None, or a bool map (H/stride, W/stride) shared by the
-                batch, True = masked unit of ``total_stride`` pixels.
+            mask: None, or a bool map (H/stride, W/stride) on the host,
+                shared by the batch, True = masked unit of ``total_stride``
+                pixels; it is planned (:meth:`plan`) and moved here.
+            plan: instead of ``mask``, its :meth:`plan` already on x's
+                device (GreenMIM plans in its data preprocessor).
 
         Returns:
             Without mask: SwinTransformer's dense maps (B, C_i, H_i, W_i).
@@ -161,34 +167,76 @@ class GreenSwinTransformer(SwinTransformer):
             at the last stage token k is the k-th visible unit of
             ``(~mask).flatten()``.
         """
-        if mask is None:
+        if mask is None and plan is None:
             return super().forward(x)
-        keep = self._check_mask(x, mask)
-        self._check_visible_path(x.shape[-2:])
+        if mask is not None and plan is not None:
+            raise ValueError('give the mask or its plan, not both')
+        if plan is None:
+            plan = plan_to_device(self.plan(mask, x.shape[-2:]), x.device)
         x, hw = self.patch_embed(x)  # B, H0*W0, C
         if self.use_abs_pos_embed:
             x = x + resize_pos_embed(self.absolute_pos_embed,
                                      self.patch_resolution, hw,
                                      self.interpolate_mode, 0)
-        f = 2**(self.num_layers - 1)
-        keep = keep.repeat_interleave(f, 0).repeat_interleave(f, 1)
-        # positions, plans and gather indices are computed where the mask
-        # lives (the host for GreenMIM's draw) and only the indices are moved:
-        # no host-device sync in the step
-        coords = keep.nonzero()  # N, 2 (row, col), row-major
-        x = x[:, (coords[:, 0] * hw[1] + coords[:, 1]).to(x.device)]  # B,N,C
+        x = x[:, plan['tokens']]  # B, N, C: the visible tokens
         x = self.drop_after_pos(x)
 
         outs = []
         for i, stage in enumerate(self.stages):
-            x = self._stage(stage, x, coords, hw)
+            step = plan['stages'][i]
+            x = self._stage(stage, x, step['groups'], hw)
             if stage.downsample is not None and self.out_after_downsample:
-                x, coords, hw = self._merge(stage.downsample, x, coords, hw)
+                x, hw = self._merge_tokens(stage.downsample, x,
+                                           step['merge']), _half(hw)
             if i in self.out_indices:
                 outs.append(getattr(self, f'norm{i}')(x))
             if stage.downsample is not None and not self.out_after_downsample:
-                x, coords, hw = self._merge(stage.downsample, x, coords, hw)
+                x, hw = self._merge_tokens(stage.downsample, x,
+                                           step['merge']), _half(hw)
         return tuple(outs)
+
+    def plan(self, mask: torch.Tensor, size) -> dict:
+        """Everything the visible-token forward needs from ``mask``,
+        computed on the host (it reads the mask: run it before the step and
+        move it once with
+        :func:`~mmum.models.layers.host_plan.plan_to_device`).
+
+        Args:
+            mask: (H/stride, W/stride) bool on the host, True = masked.
+            size: image size (H, W) in pixels.
+
+        Returns:
+            ``dict(tokens=(N0,) patch indices of the visible tokens, row-major,
+            stages=[dict(groups={shift: GroupLayout}, merge=(N/4, 4) child
+            tokens of every visible 2x2 cell or None), ...])``.
+
+        Raises:
+            ValueError: a bad mask or image size, or a setting of the dense
+            path only (see the class docstring).
+        """
+        keep = self._check_mask(size, mask)
+        self._check_visible_path(size)
+        p = self.patch_embed.projection.stride[0]
+        hw = (size[0] // p, size[1] // p)
+        f = 2**(self.num_layers - 1)
+        keep = keep.repeat_interleave(f, 0).repeat_interleave(f, 1)
+        coords = keep.nonzero()  # N, 2 (row, col), row-major
+        tokens = coords[:, 0] * hw[1] + coords[:, 1]  # N
+        stages = []
+        for stage in self.stages:
+            groups = {}  # one grouping per shift, shared by the blocks
+            for block in stage.blocks:
+                attn = block.attn
+                shift = attn.shift_size if min(hw) > attn.window_size else 0
+                if shift not in groups:
+                    groups[shift] = plan_groups(coords, attn.window_size,
+                                                shift,
+                                                attn.w_msa.embed_dims)
+            merge = None
+            if stage.downsample is not None:
+                merge, coords, hw = self._merge_index(coords, hw)
+            stages.append(dict(groups=groups, merge=merge))
+        return dict(tokens=tokens, stages=stages)
 
     def _check_visible_path(self, size):
         """Refuse the settings that only mean something on the dense path
@@ -223,8 +271,8 @@ class GreenSwinTransformer(SwinTransformer):
                     'merges visible 2x2 cells, so it needs kernel 2, stride '
                     '2 (other merges work on the dense path, mask=None)')
 
-    def _check_mask(self, x, mask):
-        H, W = x.shape[-2:]
+    def _check_mask(self, size, mask):
+        H, W = size
         s = self.total_stride
         if H % s or W % s:
             raise ValueError(f'image size {H}x{W} must be divisible by the '
@@ -268,15 +316,15 @@ class GreenSwinTransformer(SwinTransformer):
                                          self.window_size)
                     if self.fits(m * s)), key=lambda n: (abs(n - side), n))
 
-    def _stage(self, stage, x, coords, hw):
-        """Swin blocks of one stage on the visible tokens (B, N, C)."""
-        plans = {}  # one grouping per shift, shared by the stage's blocks
+    def _stage(self, stage, x, groups, hw):
+        """Swin blocks of one stage on the visible tokens (B, N, C); the
+        ``groups`` layouts ({shift: GroupLayout} on x's device) are expanded
+        once and shared by the blocks of equal shift."""
+        ws = stage.blocks[0].attn.window_size
+        plans = {shift: layout.expand(ws) for shift, layout in groups.items()}
         for block in stage.blocks:
             attn = block.attn
             shift = attn.shift_size if min(hw) > attn.window_size else 0
-            if shift not in plans:
-                plans[shift] = build_group_plan(
-                    coords, attn.window_size, shift, x.shape[-1]).to(x.device)
             x = self._block(block, x, plans[shift])
         return x
 
@@ -295,23 +343,43 @@ class GreenSwinTransformer(SwinTransformer):
         return inner(x)
 
     @staticmethod
-    def _merge(downsample, x, coords, hw):
-        """Patch merging of the visible 2x2 cells (B, N, C) -> (B, N/4, 2C)."""
+    def _merge_index(coords, hw):
+        """Plan of the patch merging of the visible 2x2 cells at ``coords``
+        (N, 2, row-major, on the host) of the ``hw`` map: (N/4, 4) token
+        index of every cell's children in nn.Unfold's kernel order, the
+        cells' coords (N/4, 2) and the merged map size."""
         H, W = hw
-        B, N, C = x.shape
         lut = coords.new_full((H * W, ), -1)  # grid position -> token
         lut[coords[:, 0] * W + coords[:, 1]] = torch.arange(
-            N, device=coords.device)
+            len(coords), device=coords.device)
         top_left = coords[(coords[:, 0] % 2 == 0) & (coords[:, 1] % 2 == 0)]
         r, c = top_left[:, 0], top_left[:, 1]
         children = torch.stack([(r + a) * W + c + b
                                 for a, b in ((0, 0), (0, 1), (1, 0), (1, 1))],
                                1)  # N/4, 4 in nn.Unfold's kernel order
-        x = x[:, lut[children].to(x.device)]  # B, N/4, 4, C
-        x = x.transpose(2, 3).reshape(B, -1, 4 * C)  # channel-major: Unfold
-        x = downsample.reduction(downsample.norm(x))  # B, N/4, 2C
         coords = torch.div(top_left, 2, rounding_mode='floor')
-        return x, coords, (H // 2, W // 2)
+        return lut[children], coords, _half(hw)
+
+    @staticmethod
+    def _merge_tokens(downsample, x, children):
+        """Patch merging (B, N, C) -> (B, N/4, 2C) of the cells whose
+        children are ``children`` (N/4, 4, on x's device)."""
+        B, N, C = x.shape
+        x = x[:, children]  # B, N/4, 4, C
+        x = x.transpose(2, 3).reshape(B, -1, 4 * C)  # channel-major: Unfold
+        return downsample.reduction(downsample.norm(x))  # B, N/4, 2C
+
+    @classmethod
+    def _merge(cls, downsample, x, coords, hw):
+        """:meth:`_merge_index` then :meth:`_merge_tokens` (one merge on
+        its own, for tests). Returns (B, N/4, 2C), coords, map size."""
+        children, coords, hw = cls._merge_index(coords, hw)
+        return cls._merge_tokens(downsample, x, children.to(x.device)), \
+            coords, hw
+
+
+def _half(hw):
+    return hw[0] // 2, hw[1] // 2
 
 
 __all__ = ['GreenSwinTransformer']

@@ -38,8 +38,8 @@ from mmpretrain.models.backbones.twins import LSAEncoderLayer
 from mmpretrain.models.utils import ConditionalPositionEncoding
 
 from mmum.registry import MODELS
-from ..layers.group_window_attention import (build_group_plan,
-                                              grouped_attention)
+from ..layers.group_window_attention import grouped_attention, plan_groups
+from ..layers.host_plan import plan_to_device
 from ..layers.sparse_conv import (build_neighbour_index, build_strided_index,
                                   sparse_strided_conv, submanifold_dwconv3x3)
 
@@ -178,11 +178,17 @@ class GreenTwins(SVT):
         # a mask unit covers exactly one token of the last stage
         self.total_stride = math.prod(self.strides)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+    def forward(self,
+                x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None,
+                plan: Optional[dict] = None):
         """Args:
             x: images (B, 3, H, W).
-            mask: None, or a bool map (H/stride, W/stride) shared by the
-                batch, True = masked unit of ``total_stride`` pixels.
+            mask: None, or a bool map (H/stride, W/stride) on the host,
+                shared by the batch, True = masked unit of ``total_stride``
+                pixels; it is planned (:meth:`plan`) and moved here.
+            plan: instead of ``mask``, its :meth:`plan` already on x's
+                device (GreenMIM plans in its data preprocessor).
 
         Returns:
             Without mask: SVT's dense maps (B, C_i, H_i, W_i).
@@ -197,7 +203,7 @@ class GreenTwins(SVT):
             stride or whose stage maps are not multiples of the windows
             (the message names the nearest size that works).
         """
-        if mask is None:
+        if mask is None and plan is None:
             if self.with_cp and torch.is_grad_enabled() and any(
                     p.requires_grad for p in self.parameters()):
                 raise ValueError(
@@ -206,23 +212,60 @@ class GreenTwins(SVT):
                     "mmpretrain's SVT forward, without checkpointing. Run it"
                     ' under torch.no_grad() or build with with_cp=False.')
             return super().forward(x)
-        keep = self._check_mask(x, mask)
-        B, C, H, W = x.shape
-        # the image as a sparse map of its visible pixels; positions and
-        # indices are computed where the mask lives (the host for GreenMIM's
-        # draw) and only index tensors move to the device: no sync
-        f = self.total_stride
-        coords = keep.repeat_interleave(f, 0).repeat_interleave(f, 1).nonzero()
-        x = x.flatten(2)[:, :, (coords[:, 0] * W + coords[:, 1]).to(
-            x.device)].transpose(1, 2)  # B, N_pixels, 3
-        hw = (H, W)
+        if mask is not None and plan is not None:
+            raise ValueError('give the mask or its plan, not both')
+        if plan is None:
+            plan = plan_to_device(self.plan(mask, x.shape[-2:]), x.device)
+        # the image as a sparse map of its visible pixels
+        x = x.flatten(2)[:, :, plan['pixels']].transpose(1, 2)  # B, N_px, 3
         outs = []
         for i in range(self.num_stage):
-            x, coords, hw = self._stage(i, x, coords, hw)
+            x = self._stage(i, x, plan['stages'][i])
             x = getattr(self, f'norm_after_stage{i}')(x)
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)
+
+    def plan(self, mask: torch.Tensor, size) -> dict:
+        """Everything the visible-token forward needs from ``mask``,
+        computed on the host (it reads the mask: run it before the step and
+        move it once with
+        :func:`~mmum.models.layers.host_plan.plan_to_device`).
+
+        Args:
+            mask: (H/stride, W/stride) bool on the host, True = masked.
+            size: image size (H, W) in pixels.
+
+        Returns:
+            ``dict(pixels=(N_px,) flat indices of the visible pixels,
+            stages=[dict(embed=(N', k*k) patch-embedding index,
+            groups=GroupLayout of the LSA windows, sr=(M, sr**2)
+            spatial-reduction index or None, neighbours=(N', 9) PEG index),
+            ...])``, all row-major over the visible sites.
+
+        Raises:
+            ValueError: see :meth:`forward`.
+        """
+        keep = self._check_mask(size, mask)
+        H, W = size
+        f = self.total_stride
+        coords = keep.repeat_interleave(f, 0).repeat_interleave(f, 1).nonzero()
+        pixels = coords[:, 0] * W + coords[:, 1]
+        hw = (H, W)
+        stages = []
+        for i in range(self.num_stage):
+            embed, coords, hw = build_strided_index(coords, hw,
+                                                    self.strides[i])
+            sr = self.sr_ratios[i]
+            stages.append(
+                dict(
+                    embed=embed,
+                    groups=plan_groups(coords, self.window_sizes[i], 0,
+                                       self.embed_dims[i]),
+                    sr=None if sr == 1 else build_strided_index(
+                        coords, hw, sr)[0],
+                    neighbours=build_neighbour_index(coords, hw)))
+        return dict(pixels=pixels, stages=stages)
 
     def get_layer_depth(self, param_name: str, prefix: str = ''):
         """Layer-wise lr decay depth (``SVT`` has none): the first patch
@@ -245,13 +288,16 @@ class GreenTwins(SVT):
             return sum(self.depths[:i]) + j + 1, num_layers
         return num_layers - 1, num_layers
 
-    def _check_mask(self, x, mask):
-        H, W = x.shape[-2:]
+    def _check_mask(self, size, mask):
+        H, W = size
         s = self.total_stride
-        hint = f'e.g. {self.suggest_size(H)}x{self.suggest_size(W)}'
+        def hint():  # built only for an error: the search takes ms
+            return f'e.g. {self.suggest_size(H)}x{self.suggest_size(W)}'
+
         if H % s or W % s:
-            raise ValueError(f'image size {H}x{W} must be divisible by the '
-                             f'mask unit = encoder total stride {s} ({hint})')
+            raise ValueError(
+                f'image size {H}x{W} must be divisible by the mask unit = '
+                f'encoder total stride {s} ({hint()})')
         if mask.dtype != torch.bool or mask.shape != (H // s, W // s):
             raise ValueError(
                 f'mask must be a bool tensor of shape {(H // s, W // s)} '
@@ -269,7 +315,7 @@ class GreenTwins(SVT):
                     f'not a multiple of window size {ws}; SVT would pad it '
                     'with tokens that are not part of the image. Use an '
                     'image size whose stage maps are multiples of the '
-                    f'windows, {hint}.')
+                    f'windows, {hint()}.')
         return ~mask
 
     def fits(self, side: int) -> bool:
@@ -290,27 +336,19 @@ class GreenTwins(SVT):
         return min((m * s for m in range(1, top + 1) if self.fits(m * s)),
                    key=lambda n: (abs(n - side), n))
 
-    def _stage(self, i, x, coords, hw):
-        """Stage ``i`` on the sparse map x (B, N, C_in) at ``coords`` of the
-        map ``hw``. Returns its tokens (B, N', C_i), coords and map size."""
-        dev = x.device
+    def _stage(self, i, x, plan):
+        """Stage ``i`` on the sparse map x (B, N, C_in) with its ``plan``
+        (:meth:`plan`, on x's device). Returns its tokens (B, N', C_i)."""
         embed = self.patch_embeds[i]
-        index, coords, hw = build_strided_index(coords, hw, self.strides[i])
-        x = sparse_strided_conv(x, index.to(dev), embed.projection.weight,
+        x = sparse_strided_conv(x, plan['embed'], embed.projection.weight,
                                 embed.projection.bias)  # B, N', C_i
         x = self.position_encoding_drops[i](embed.norm(x))
-        C = x.shape[-1]
-
-        # index tensors, built once per stage and step on the host
-        plan = build_group_plan(coords, self.window_sizes[i], 0, C).to(dev)
-        sr = self.sr_ratios[i]
-        sr_index = None if sr == 1 else build_strided_index(
-            coords, hw, sr)[0].to(dev)
-        neighbours = build_neighbour_index(coords, hw).to(dev)
+        plan_lsa = plan['groups'].expand(None)  # no position bias in LSA
+        sr_index, neighbours = plan['sr'], plan['neighbours']
 
         def block(blk, x):  # (B, N, C) -> (B, N, C)
             if isinstance(blk, LSAEncoderLayer):
-                y = grouped_lsa(blk.attn, blk.norm1(x), plan)
+                y = grouped_lsa(blk.attn, blk.norm1(x), plan_lsa)
             else:
                 y = sparse_gsa(blk.attn, blk.norm1(x), sr_index)
             x = x + blk.drop_path(y)
@@ -325,7 +363,7 @@ class GreenTwins(SVT):
                 peg = self.position_encodings[i].proj
                 y = submanifold_dwconv3x3(x, neighbours, peg.weight, peg.bias)
                 x = x + y if self.peg_residual else y
-        return x, coords, hw
+        return x
 
 
 __all__ = ['GreenTwins', 'PEGWithoutResidual', 'use_released_twins_parts',

@@ -11,6 +11,12 @@ lets two tokens attend iff they fall into the same cell of the grid offset by
 ``ws - s`` (no wrap-around), so a shifted block simply uses those cells as
 its windows. Inside one cell no pair wraps around, so the bias index of the
 true coordinates equals the one Swin uses on the rolled map.
+
+Where it runs: :func:`plan_groups` reads the mask (the optimal grouping is a
+Python search) and runs on the host before the step; its
+:class:`GroupLayout` holds O(slots) integers and crosses to the device with
+the rest of the step's plan. :meth:`GroupLayout.expand` then builds the
+O(slots x group size) pair tables on the device, without reading any data.
 """
 from typing import NamedTuple, Optional
 
@@ -28,15 +34,46 @@ class GroupPlan(NamedTuple):
     index: torch.Tensor  # (G*gs,) token of each slot; N marks a padding slot
     slot: torch.Tensor  # (N,) slot of each token
     allowed: torch.Tensor  # (G, gs, gs) bool, same window (or both padding)
-    rel_index: torch.Tensor  # (G, gs, gs) row of the bias table per pair
-    group_size: int
+    rel_index: Optional[torch.Tensor]  # (G, gs, gs) bias-table row per pair
 
-    def to(self, device) -> 'GroupPlan':
-        """The plan's index tensors on ``device`` (plans are built where the
-        mask lives, the host, so the grouping search reads no device data)."""
-        return self._replace(
-            **{k: getattr(self, k).to(device, non_blocking=True)
-               for k in ('index', 'slot', 'allowed', 'rel_index')})
+    @property
+    def group_size(self) -> int:
+        return self.allowed.shape[-1]
+
+
+class GroupLayout(NamedTuple):
+    """The host-planned part of a :class:`GroupPlan`: O(slots) integers,
+    one (G, gs, 4) table so that ``G`` and ``gs`` are one pair of sizes."""
+    slots: torch.Tensor  # (G, gs, 4) per slot: token (N = padding), window
+    # id (-1 = padding), grid row, grid col (0, 0 for padding)
+    slot: torch.Tensor  # (N,) slot of each token
+
+    def expand(self, window_size: Optional[int]) -> GroupPlan:
+        """The :class:`GroupPlan`, computed where the layout lives (the
+        device, from data already there: no read-back). ``window_size``
+        gives the relative-position bias index of every pair (Swin);
+        None leaves ``rel_index`` out (Twins' LSA has no bias)."""
+        label = self.slots[..., 1]  # G, gs
+        allowed = label[:, :, None] == label[:, None, :]  # G, gs, gs
+        rel_index = None
+        if window_size is not None:
+            c = self.slots[..., 2:]  # G, gs, 2
+            rel = c[:, :, None] - c[:, None] + window_size - 1
+            rel_index = rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
+            rel_index = rel_index.masked_fill(~allowed, 0)  # G, gs, gs
+        index = self.slots[..., 0].reshape(-1)  # G*gs
+        return GroupPlan(index, self.slot, allowed, rel_index)
+
+
+def mark_groups_dynamic(layout: GroupLayout) -> None:
+    """Tell ``torch.compile`` that the group count ``G`` and size ``gs``
+    change with every mask: ``G`` unbacked (no specialisation to 1, which a
+    stage with few windows often draws), ``gs`` dynamic from the first
+    compile. One graph then serves every mask of a given image and batch
+    size (tests/test_green_mim_compile.py); without the marks each new
+    ``G`` / ``gs`` pattern recompiles. No effect in eager mode."""
+    torch._dynamo.decorators.mark_unbacked(layout.slots, 0)
+    torch._dynamo.maybe_mark_dynamic(layout.slots, 1)
 
 
 def window_ids(coords: torch.Tensor, window_size: int,
@@ -48,11 +85,12 @@ def window_ids(coords: torch.Tensor, window_size: int,
     return cell[:, 0] * (1 << 20) + cell[:, 1]
 
 
-def build_group_plan(coords: torch.Tensor, window_size: int, shift_size: int,
-                     channels: int) -> GroupPlan:
-    """Group the visible tokens at ``coords`` (N, 2, row-major order) for
-    windows of ``window_size`` shifted by ``shift_size``; the group size is
-    chosen by the optimal grouping with the Eq. 8 cost for ``channels``."""
+def plan_groups(coords: torch.Tensor, window_size: int, shift_size: int,
+                channels: int) -> GroupLayout:
+    """Group the visible tokens at ``coords`` (N, 2, row-major order, on the
+    host) for windows of ``window_size`` shifted by ``shift_size``; the
+    group size is chosen by the optimal grouping with the Eq. 8 cost for
+    ``channels``. Reads ``coords`` (``tolist``): plan on the host."""
     num_tokens = coords.shape[0]
     win = window_ids(coords, window_size, shift_size)
     win_sorted, order = torch.sort(win, stable=True)
@@ -80,16 +118,18 @@ def build_group_plan(coords: torch.Tensor, window_size: int, shift_size: int,
     index[slot] = torch.arange(num_tokens, device=coords.device)
     label = coords.new_full((num_slots, ), -1)  # -1: padding
     label[slot] = win
-    label = label.view(-1, gs)
-    allowed = label[:, :, None] == label[:, None, :]  # G, gs, gs
-
     slot_coords = coords.new_zeros(num_slots, 2)
     slot_coords[slot] = coords
-    slot_coords = slot_coords.view(-1, gs, 2)
-    rel = slot_coords[:, :, None] - slot_coords[:, None] + window_size - 1
-    rel_index = rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
-    rel_index = rel_index.masked_fill(~allowed, 0)  # G, gs, gs
-    return GroupPlan(index, slot, allowed, rel_index, gs)
+    slots = torch.cat([index[:, None], label[:, None], slot_coords], 1)
+    return GroupLayout(slots.view(-1, gs, 4), slot)
+
+
+def build_group_plan(coords: torch.Tensor, window_size: int, shift_size: int,
+                     channels: int) -> GroupPlan:
+    """:func:`plan_groups` and :meth:`GroupLayout.expand` in one call, with
+    the relative-position bias index (tests and analysis tools)."""
+    return plan_groups(coords, window_size, shift_size,
+                       channels).expand(window_size)
 
 
 def grouped_attention(qkv: torch.Tensor, plan: GroupPlan, num_heads: int,
@@ -158,6 +198,6 @@ class GroupWindowAttention(WindowMSA):
 
 
 __all__ = [
-    'GroupPlan', 'GroupWindowAttention', 'build_group_plan',
-    'grouped_attention', 'window_ids'
+    'GroupLayout', 'GroupPlan', 'GroupWindowAttention', 'build_group_plan',
+    'grouped_attention', 'mark_groups_dynamic', 'plan_groups', 'window_ids'
 ]

@@ -18,9 +18,11 @@ by the batch (GreenMIM's batch-wise mask, §3.5); every other site of the
   active sites.
 
 The index tensors come from :func:`build_strided_index` and
-:func:`build_neighbour_index`, vectorised and run where ``coords`` live (the
-host, once per stage and step); the convolutions loop at most over the
-kernel offsets, never over tokens. Missing inputs point at index ``N``, a
+:func:`build_neighbour_index`, vectorised; they read ``coords`` (bounds
+checks, ``unique``), so they run on the host, before the step
+(``GreenTwins.plan``), and reach the device with the rest of the step's
+plan. The convolutions loop at most over the kernel offsets, never over
+tokens. Missing inputs point at index ``N``, a
 zero row appended to ``x``.
 """
 from typing import Tuple
