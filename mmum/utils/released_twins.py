@@ -205,6 +205,39 @@ def official_twins_to_svt(sd: Dict[str, torch.Tensor]
     return out, twins_arch(sd, prefix)
 
 
+def convert_green_decoder(sd: Dict[str, torch.Tensor], used: set
+                          ) -> Tuple[Dict[str, torch.Tensor], dict, int]:
+    """The released GreenMIM decoder (the same for Swin and Twins) as
+    ``mmum.GreenMIMDecoder`` keys (``neck.`` prefix): timm block names to
+    mmpretrain's, and a zero class-token row in front of the fixed sin-cos
+    ``decoder_pos_embed`` (1, L, D) -> (1, 1 + L, D). Adds the keys read to
+    ``used``. Returns ``(state dict, neck settings, mask unit in px)``."""
+    out = OrderedDict()
+    for old, new in DECODER.items():
+        for k in [k for k in sd if k == old or k.startswith(old + '.')]:
+            out['neck.' + new + k[len(old):]] = sd[k]
+            used.add(k)
+    blocks = sorted({int(k.split('.')[1]) for k in sd
+                     if re.match(r'decoder_blocks\.\d+\.', k)})
+    for i in blocks:
+        for old, new in TIMM_VIT_BLOCK.items():
+            for p in ('weight', 'bias'):
+                out[f'neck.decoder_blocks.{i}.{new}.{p}'] = sd[
+                    f'decoder_blocks.{i}.{old}.{p}']
+                used.add(f'decoder_blocks.{i}.{old}.{p}')
+    pos = sd['decoder_pos_embed']  # 1, L, D
+    out['neck.decoder_pos_embed'] = torch.cat(
+        [pos.new_zeros(1, 1, pos.shape[-1]), pos], 1)
+    used.add('decoder_pos_embed')
+    unit = round((sd['decoder_pred.weight'].shape[0] // 3)**.5)  # u*u*3, D
+    neck = dict(type='mmum.GreenMIMDecoder', num_patches=pos.shape[1],
+                patch_size=unit, embed_dim=sd['decoder_embed.weight'].shape[1],
+                decoder_embed_dim=pos.shape[-1], decoder_depth=len(blocks),
+                decoder_num_heads=DECODER_HEADS,
+                norm_cfg=dict(type='LN', eps=LN_EPS))
+    return out, neck, unit
+
+
 def official_twins_to_mmum(sd: Dict[str, torch.Tensor]
                            ) -> Tuple['OrderedDict', dict]:
     """Released Twins pre-training state dict (with decoder) -> (mmum
@@ -218,34 +251,13 @@ def official_twins_to_mmum(sd: Dict[str, torch.Tensor]
     used = set()
     out = OrderedDict(('backbone.' + k, v) for k, v in
                       convert_twins_encoder(sd, prefix, used).items())
-    for old, new in DECODER.items():
-        for k in [k for k in sd if k == old or k.startswith(old + '.')]:
-            out['neck.' + new + k[len(old):]] = sd[k]
-            used.add(k)
-    blocks = sorted({int(k.split('.')[1]) for k in sd
-                     if re.match(r'decoder_blocks\.\d+\.', k)})
-    for k in blocks:
-        for old, new in TIMM_VIT_BLOCK.items():
-            for p in ('weight', 'bias'):
-                out[f'neck.decoder_blocks.{k}.{new}.{p}'] = sd[
-                    f'decoder_blocks.{k}.{old}.{p}']
-                used.add(f'decoder_blocks.{k}.{old}.{p}')
-    pos = sd['decoder_pos_embed']  # 1, L, D
-    out['neck.decoder_pos_embed'] = torch.cat(
-        [pos.new_zeros(1, 1, pos.shape[-1]), pos], 1)
-    used.add('decoder_pos_embed')
+    decoder, neck, unit = convert_green_decoder(sd, used)
+    out.update(decoder)
     _refuse_leftovers(sd, used, 'mmum GreenMIM')
     arch = twins_arch(sd, prefix)
-    unit = round((sd['decoder_pred.weight'].shape[0] // 3)**.5)
-    ln = dict(type='LN', eps=LN_EPS)
     settings = dict(
         type='mmum.GreenMIM', mask_unit=unit,
-        backbone=model_settings(arch, 'mmum.GreenTwins'),
-        neck=dict(type='mmum.GreenMIMDecoder', num_patches=pos.shape[1],
-                  patch_size=unit,
-                  embed_dim=sd['decoder_embed.weight'].shape[1],
-                  decoder_embed_dim=pos.shape[-1], decoder_depth=len(blocks),
-                  decoder_num_heads=DECODER_HEADS, norm_cfg=ln),
+        backbone=model_settings(arch, 'mmum.GreenTwins'), neck=neck,
         head=dict(patch_size=unit))
     return out, settings
 

@@ -71,24 +71,18 @@ order); mmcv's ``PatchMerging`` (``nn.Unfold``) channel-major,
 weights is released column ``P[k] * C + c`` with ``P = (0, 2, 1, 3)``.
 """
 import argparse
-import re
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 import torch
 
-from mmum.utils.released import (TIMM_SWIN_BLOCK, TIMM_VIT_BLOCK,
-                                 load_released)
-from mmum.utils.released_twins import (model_settings, official_twins_to_mmum,
+from mmum.utils.released import TIMM_SWIN_BLOCK, load_released
+from mmum.utils.released_twins import (LN_EPS,
+                                       convert_green_decoder, model_settings,
+                                       official_twins_to_mmum,
                                        official_twins_to_svt, twins_prefix,
                                        twins_summary)
 
-LN_EPS = 1e-6  # every LayerNorm of the released models
-DECODER_HEADS = 16  # released decoders (not stored in the weights)
-DECODER = {
-    'decoder_embed': 'decoder_embed', 'decoder_norm': 'ln1',
-    'decoder_pred': 'decoder_pred', 'mask_token': 'mask_token'
-}
 DECODER_KEYS = {'decoder_embed', 'decoder_blocks', 'decoder_norm',
                 'decoder_pred', 'decoder_pos_embed', 'mask_token'}
 MERGE_ORDER = (0, 2, 1, 3)  # released block of mmcv's kernel position k
@@ -268,33 +262,11 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     if not has_decoder(sd):
         _refuse_leftovers(sd, used, 'mmum GreenMIM')
         return out, dict(type='mmum.GreenMIM', backbone=backbone)
-    for old, new in DECODER.items():
-        for k in [k for k in sd if k == old or k.startswith(old + '.')]:
-            out['neck.' + new + k[len(old):]] = sd[k]
-            used.add(k)
-    blocks = sorted({int(k.split('.')[1]) for k in sd
-                     if re.match(r'decoder_blocks\.\d+\.', k)})
-    for i in blocks:
-        for old, new in TIMM_VIT_BLOCK.items():
-            for p in ('weight', 'bias'):
-                out[f'neck.decoder_blocks.{i}.{new}.{p}'] = sd[
-                    f'decoder_blocks.{i}.{old}.{p}']
-                used.add(f'decoder_blocks.{i}.{old}.{p}')
-    pos = sd['decoder_pos_embed']  # 1, L, D
-    out['neck.decoder_pos_embed'] = torch.cat(
-        [pos.new_zeros(1, 1, pos.shape[-1]), pos], 1)
-    used.add('decoder_pos_embed')
+    decoder, neck, unit = convert_green_decoder(sd, used)
+    out.update(decoder)
     _refuse_leftovers(sd, used, 'mmum GreenMIM')
-    pred = sd['decoder_pred.weight']  # unit^2 * 3, D
-    unit = round((pred.shape[0] // 3)**.5)
-    settings = dict(
-        type='mmum.GreenMIM', mask_unit=unit, backbone=backbone,
-        neck=dict(type='mmum.GreenMIMDecoder', num_patches=pos.shape[1],
-                  patch_size=unit,
-                  embed_dim=sd['decoder_embed.weight'].shape[1],
-                  decoder_embed_dim=pos.shape[-1], decoder_depth=len(blocks),
-                  decoder_num_heads=DECODER_HEADS, norm_cfg=ln),
-        head=dict(patch_size=unit))
+    settings = dict(type='mmum.GreenMIM', mask_unit=unit, backbone=backbone,
+                    neck=neck, head=dict(patch_size=unit))
     return out, settings
 
 
