@@ -192,8 +192,9 @@ class LocalMIM(BaseSelfSupervisor):
         # decoder k is fed by layer decoder_layers[k] (get_layer_depth order)
         self.decoder_layers = tuple(i + 1 for i in out_indices)
         self.pruned_decoders = set()
-        # decoder -> its key in the loss dict (fixed here, not in the
-        # forward: torch.compile would recompile after the first step)
+        # decoder -> its key in the loss dict at the built size, for the
+        # pruning hook's log (set here, not in the forward: a mutated
+        # attribute would make torch.compile recompile after the first step)
         self.decoder_loss_keys = {
             k: 'loss_{}x{}'.format(*decoder.out_size)
             for k, decoder in enumerate(self.neck)
@@ -252,7 +253,9 @@ class LocalMIM(BaseSelfSupervisor):
             else:  # fraction of masked patches in each coarse cell
                 weight = F.adaptive_avg_pool2d(mask, size)
             with autocast_off(inputs.device):
-                losses[self.decoder_loss_keys[k]] = self.head.loss(
+                # named by the target's size: the built size's name
+                # (decoder_loss_keys) unless the input is another size
+                losses['loss_{}x{}'.format(*size)] = self.head.loss(
                     pred.float(), target.flatten(2).transpose(1, 2),
                     weight.flatten(1))
         return losses
