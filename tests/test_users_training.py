@@ -434,7 +434,13 @@ def test_smaller_encoder_decoder_width_checked(cfg_path):
 @pytest.mark.parametrize('tool', [
     'tools/train.py', 'tools/test.py',
     'tools/analysis_tools/visualize_reconstruction.py',
-    'tools/analysis_tools/transfer_check.py'])
+    'tools/analysis_tools/transfer_check.py',
+    'tools/analysis_tools/benchmark_freezeout.py',
+    'tools/analysis_tools/grouping_report.py',
+    'tools/model_converters/extract_backbone.py',
+    'tools/model_converters/green_mim_official_to_mmum.py',
+    'tools/model_converters/local_mim_official_to_mmum.py',
+    'tools/model_converters/um_mae_official_to_mmum.py'])
 def test_tool_help_answers_before_heavy_imports(tool):
     """``--help`` parses the arguments before importing torch / mmengine /
     mmum (it answered after 16-48 s of imports before)."""

@@ -20,14 +20,8 @@ import argparse
 import statistics
 import time
 
-import torch
-from mmpretrain.engine.optimizers import \
-    LearningRateDecayOptimWrapperConstructor
-
-import mmum  # noqa: F401
-from mmum.engine.schedulers.freezeout import (FreezeOutLR, freeze_params,
-                                              freeze_times)
-from mmum.registry import MODELS
+# torch, mmpretrain and mmum are imported where they are used, after the
+# arguments are parsed, so that --help answers at once
 
 ARCHS = {
     'tiny': dict(embed_dims=192, num_layers=12, num_heads=3,
@@ -59,6 +53,12 @@ def parse_args():
 
 
 def build(args):
+    from mmpretrain.engine.optimizers import \
+        LearningRateDecayOptimWrapperConstructor
+
+    import mmum  # noqa: F401  registers the mmum scope
+    from mmum.engine.schedulers.freezeout import FreezeOutLR
+    from mmum.registry import MODELS
     model = MODELS.build(
         dict(
             type='mmum.LocalMIM',
@@ -80,6 +80,7 @@ def build(args):
 
 
 def step_time(model, optim, img, device):
+    import torch
     if device.startswith('cuda'):
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -103,6 +104,9 @@ def time_stage(runs, img, args):
 
 def main():
     args = parse_args()
+    import torch
+
+    from mmum.engine.schedulers.freezeout import freeze_params, freeze_times
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, optim, sched = build(args)

@@ -15,17 +15,14 @@ stage's blocks of that shift.
 import argparse
 import time
 
-import torch
-from mmpretrain.models import SwinTransformer
-
-from mmum.models.layers.group_window_attention import window_ids
-from mmum.models.layers.optimal_grouping import (grouping_cost,
-                                                 optimal_grouping,
-                                                 partition_windows)
+# torch, mmpretrain and mmum are imported where they are used, after the
+# arguments are parsed, so that --help answers at once
 
 
 def official_grouping(counts, channels, window_size):
     """(group_size, num_groups, cost) of the official code's rule."""
+    from mmum.models.layers.optimal_grouping import (grouping_cost,
+                                                     partition_windows)
     total = sum(counts)
     if total <= 2 * window_size**2:
         return total, 1, grouping_cost(total, 1, channels)
@@ -43,6 +40,11 @@ def main():
     parser.add_argument('--masks', type=int, default=5)
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
+    import torch
+    from mmpretrain.models import SwinTransformer
+
+    from mmum.models.layers.group_window_attention import window_ids
+    from mmum.models.layers.optimal_grouping import optimal_grouping
 
     arch = SwinTransformer.arch_zoo[args.arch]
     depths, ws = arch['depths'], args.window

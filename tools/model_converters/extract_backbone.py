@@ -14,9 +14,8 @@ small and toolbox-neutral.)
 import argparse
 from collections import OrderedDict
 
-import torch
-
-from mmum.engine.checkpoint import read_checkpoint
+# torch and mmum are imported in main(), after the arguments are parsed, so
+# that --help answers at once
 
 PREFIX = 'backbone.'
 
@@ -47,6 +46,9 @@ def main():
     parser.add_argument('dst')
     parser.add_argument('--keep-mask-token', action='store_true')
     args = parser.parse_args()
+    import torch
+
+    from mmum.engine.checkpoint import read_checkpoint
     ckpt = read_checkpoint(args.src, map_location='cpu', weights_only=False)
     sd = extract_backbone(ckpt, args.keep_mask_token)
     meta = dict(ckpt.get('meta') or {}) if isinstance(ckpt, dict) else {}

@@ -70,18 +70,16 @@ order); mmcv's ``PatchMerging`` (``nn.Unfold``) channel-major,
 ``c``. Column ``4c + k`` of mmpretrain's merge LayerNorm and reduction
 weights is released column ``P[k] * C + c`` with ``P = (0, 2, 1, 3)``.
 """
+from __future__ import annotations
+
 import argparse
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
-import torch
-
-from mmum.utils.released import TIMM_SWIN_BLOCK, load_released
-from mmum.utils.released_twins import (LN_EPS,
-                                       convert_green_decoder, model_settings,
-                                       official_twins_to_mmum,
-                                       official_twins_to_svt, twins_prefix,
-                                       twins_summary)
+# torch and mmum are imported where they are used, so that --help answers at
+# once
+if TYPE_CHECKING:
+    import torch
 
 DECODER_KEYS = {'decoder_embed', 'decoder_blocks', 'decoder_norm',
                 'decoder_pred', 'decoder_pos_embed', 'mask_token'}
@@ -130,6 +128,7 @@ def encoder_arch(sd: Dict[str, torch.Tensor], prefix: str) -> dict:
 def merge_columns(channels: int) -> torch.Tensor:
     """Index ``idx`` with ``mmcv_tensor[..., j] = released[..., idx[j]]``
     for the 4C inputs of a patch merging (see the module docstring)."""
+    import torch
     c = torch.arange(channels)
     return torch.stack([MERGE_ORDER[k] * channels + c for k in range(4)],
                        1).flatten()  # 4c + k -> P[k] * C + c
@@ -139,6 +138,7 @@ def rel_index(window: int) -> torch.Tensor:
     """mmpretrain's ``WindowMSA.relative_position_index`` for a window:
     (w^2, w^2), ``(dr + w - 1) * (2w - 1) + dc + w - 1`` for the offset
     (dr, dc) of token i from token j, both row-major in the window."""
+    import torch
     r, c = torch.meshgrid(torch.arange(window), torch.arange(window),
                           indexing='ij')
     r, c = r.flatten(), c.flatten()
@@ -165,6 +165,7 @@ def convert_encoder(sd: Dict[str, torch.Tensor], prefix: str,
                     windows: List[int], used: set) -> 'OrderedDict':
     """Released encoder -> mmpretrain ``SwinTransformer`` keys; stage ``s``
     gets bias tables and indices for ``windows[s]``."""
+    from mmum.utils.released import TIMM_SWIN_BLOCK
     out = OrderedDict()
 
     def take(key):
@@ -222,6 +223,7 @@ def official_to_swin(sd: Dict[str, torch.Tensor]
     ``SwinTransformer`` state dict, settings for the model). Each stage
     keeps the window the released model used there. A full pre-training
     checkpoint's decoder is dropped."""
+    from mmum.utils.released_twins import LN_EPS
     prefix = detect(sd)
     arch = encoder_arch(sd, prefix)
     used = {k for k in sd if k.split('.')[0] in DECODER_KEYS}  # dropped
@@ -247,6 +249,7 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     encoder-only state dict (no ``decoder_*`` / ``mask_token``, with or
     without ``encoder.``) gives the ``backbone.`` keys only, and settings
     without a ``neck``."""
+    from mmum.utils.released_twins import LN_EPS, convert_green_decoder
     prefix = detect(sd)
     arch = encoder_arch(sd, prefix)
     window = arch['windows'][0]
@@ -278,6 +281,10 @@ def main():
                         help='write an mmpretrain SwinTransformer state dict '
                         'instead of an mmum GreenMIM one')
     args = parser.parse_args()
+    import torch
+
+    from mmum.utils.released import load_released
+    from mmum.utils.released_twins import twins_prefix
     sd, _ = load_released(args.src)
     if twins_prefix(sd) is not None:
         return convert_twins(args, sd)
@@ -312,6 +319,12 @@ def main():
 
 def convert_twins(args, sd: Dict[str, torch.Tensor]) -> None:
     """The CLI for a released Twins checkpoint (``released_twins.py``)."""
+    import torch
+
+    from mmum.utils.released_twins import (model_settings,
+                                           official_twins_to_mmum,
+                                           official_twins_to_svt,
+                                           twins_summary)
     if args.backbone_only:
         out, arch = official_twins_to_svt(sd)
         settings = model_settings(arch, 'mmpretrain.SVT')
@@ -335,6 +348,7 @@ def convert_twins(args, sd: Dict[str, torch.Tensor]) -> None:
 
 def summary(sd: Dict[str, torch.Tensor], backbone_only: bool) -> List[str]:
     """What the conversion did, one line per part."""
+    from mmum.utils.released_twins import LN_EPS
     prefix = detect(sd)
     arch = encoder_arch(sd, prefix)
     w = arch['windows']

@@ -46,16 +46,18 @@ architecture (e.g. MAE, GreenMIM, UM-MAE), for keys without an mmum
 counterpart, and for a HOG kernel or decoder position table that is not the
 released one.
 """
+from __future__ import annotations
+
 import argparse
 import math
 import re
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
-import torch
-
-from mmum.models.necks.local_mim_decoder import released_sincos
-from mmum.utils.released import TIMM_VIT_BLOCK, load_released
+# torch and mmum are imported where they are used, so that --help answers at
+# once
+if TYPE_CHECKING:
+    import torch
 
 # the released decoders of the 4 scales, by mmum index: grid -> target
 # upsampling, and which ``pred.{m}`` entries hold parameters
@@ -103,6 +105,10 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     ``backbone.`` keys alone; a fine-tuned one also has its ``head`` /
     ``fc_norm`` (or a final ``norm``) dropped, as LocalMIM's encoder has
     neither."""
+    import torch
+
+    from mmum.models.necks.local_mim_decoder import released_sincos
+    from mmum.utils.released import TIMM_VIT_BLOCK
     check_layout(sd)
     out = OrderedDict()
     dropped = sorted({k.split('.')[0] for k in sd
@@ -206,6 +212,9 @@ def main(argv=None):
     parser.add_argument('src', help='released LocalMIM / ViTFreeze checkpoint')
     parser.add_argument('dst', help='mmum checkpoint to write')
     args = parser.parse_args(argv)
+    import torch
+
+    from mmum.utils.released import load_released
     sd, extra = load_released(args.src)
     out, info = official_to_mmum(sd)
     meta = dict(source=args.src, converted_from='local_mim_official',

@@ -80,17 +80,19 @@ in the patch embedding, patch merging, final norm and decoder, and 1e-5
 (PyTorch's default) in the encoder blocks' norm1 / norm2 and PVT's key/value
 norm; mmum's configs do the same (configs/_base_/models/encoder_layouts.py).
 """
+from __future__ import annotations
+
 import argparse
 import math
 import os.path as osp
 import re
 from collections import OrderedDict
-from typing import Dict, Tuple
+from typing import TYPE_CHECKING, Dict, Tuple
 
-import torch
-
-from mmum.utils.released import (TIMM_SWIN_BLOCK, TIMM_VIT_BLOCK,
-                                 load_released)
+# torch and mmum are imported where they are used, so that --help answers at
+# once
+if TYPE_CHECKING:
+    import torch
 
 PVT_BLOCK = {
     'norm1': 'norm1', 'norm2': 'norm2', 'attn.q': 'attn.q',
@@ -138,6 +140,9 @@ def _sub(sd, old, new, out):
 def official_to_mmum(sd: Dict[str, torch.Tensor]
                      ) -> Tuple[Dict[str, torch.Tensor], str]:
     """Official flat state dict -> (mmum state dict, ``'swin'``/``'pvt'``)."""
+    import torch
+
+    from mmum.utils.released import TIMM_SWIN_BLOCK, TIMM_VIT_BLOCK
     arch = detect_arch(sd)
     out, used = OrderedDict(), set()
     blocks = sorted({int(k.split('.')[1]) for k in sd
@@ -204,6 +209,7 @@ def mmum_to_official(sd: Dict[str, torch.Tensor],
                      arch: str) -> Dict[str, torch.Tensor]:
     """Inverse of :func:`official_to_mmum` (the bias MLP's output bias is
     written as 0: the same function)."""
+    from mmum.utils.released import TIMM_SWIN_BLOCK, TIMM_VIT_BLOCK
     if arch not in ('swin', 'pvt'):
         raise ValueError(f"arch must be 'swin' or 'pvt', got {arch!r}")
     out, used = OrderedDict(), set()
@@ -344,6 +350,9 @@ def main():
                         'encoder-only)')
     parser.add_argument('dst', help='mmum checkpoint to write')
     args = parser.parse_args()
+    import torch
+
+    from mmum.utils.released import load_released
     sd, arch = official_to_mmum(load_released(args.src)[0])
     root = osp.join(osp.dirname(osp.abspath(__file__)), '..', '..')
     config, options = released_config(sd, arch, root)
