@@ -53,7 +53,7 @@ def parse_args(argv=None):
         'optimizer step stays eager, see mmum/engine/compile.py)')
     parser.add_argument(
         '--cfg-options', nargs='+', metavar='KEY=VALUE',
-        help='override config entries, e.g. train_cfg.max_iters=10 '
+        help='override config entries, e.g. train_dataloader.batch_size=2 '
         'key="[a,b]"; merged into the config last')
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'],
