@@ -170,12 +170,14 @@ def convert_twins_encoder(sd: Dict[str, torch.Tensor], prefix: str,
     return out
 
 
-def _refuse_leftovers(sd, used, what):
+def refuse_leftovers(sd, used: set, what: str,
+                     source: str = 'the released Twins checkpoint') -> None:
+    """ValueError naming the keys of ``sd`` not in ``used`` (the converter
+    read them not): ``sd`` is not of the architecture ``what`` expects."""
     left = sorted(set(sd) - used)
     if left:
-        raise ValueError(f'{len(left)} keys of the released Twins checkpoint'
-                         f' have no {what} counterpart (another '
-                         f'architecture?): {left[:10]}')
+        raise ValueError(f'{len(left)} keys of {source} have no {what} '
+                         f'counterpart (another architecture?): {left[:10]}')
 
 
 def model_settings(arch: dict, target: str) -> dict:
@@ -201,7 +203,7 @@ def official_twins_to_svt(sd: Dict[str, torch.Tensor]
                          "'[encoder.]pos_block.0.proj.0.weight' key")
     used = {k for k in sd if prefix and not k.startswith(prefix)}
     out = convert_twins_encoder(sd, prefix, used)
-    _refuse_leftovers(sd, used, 'SVT')
+    refuse_leftovers(sd, used, 'SVT')
     return out, twins_arch(sd, prefix)
 
 
@@ -253,7 +255,7 @@ def official_twins_to_mmum(sd: Dict[str, torch.Tensor]
                       convert_twins_encoder(sd, prefix, used).items())
     decoder, neck, unit = convert_green_decoder(sd, used)
     out.update(decoder)
-    _refuse_leftovers(sd, used, 'mmum GreenMIM')
+    refuse_leftovers(sd, used, 'mmum GreenMIM')
     arch = twins_arch(sd, prefix)
     settings = dict(
         type='mmum.GreenMIM', mask_unit=unit,

@@ -83,6 +83,7 @@ if TYPE_CHECKING:
 
 DECODER_KEYS = {'decoder_embed', 'decoder_blocks', 'decoder_norm',
                 'decoder_pred', 'decoder_pos_embed', 'mask_token'}
+SWIN = 'the checkpoint'  # refuse_leftovers' wording for a released Swin
 MERGE_ORDER = (0, 2, 1, 3)  # released block of mmcv's kernel position k
 
 
@@ -204,14 +205,6 @@ def convert_encoder(sd: Dict[str, torch.Tensor], prefix: str,
     return out
 
 
-def _refuse_leftovers(sd, used, what):
-    left = sorted(set(sd) - used)
-    if left:
-        raise ValueError(f'{len(left)} keys of the checkpoint have no '
-                         f'{what} counterpart (another architecture?): '
-                         f'{left[:10]}')
-
-
 def has_decoder(sd: Dict[str, torch.Tensor]) -> bool:
     """Whether a released state dict holds the pre-training decoder."""
     return any(k.split('.')[0] in DECODER_KEYS for k in sd)
@@ -223,12 +216,12 @@ def official_to_swin(sd: Dict[str, torch.Tensor]
     ``SwinTransformer`` state dict, settings for the model). Each stage
     keeps the window the released model used there. A full pre-training
     checkpoint's decoder is dropped."""
-    from mmum.utils.released_twins import LN_EPS
+    from mmum.utils.released_twins import LN_EPS, refuse_leftovers
     prefix = detect(sd)
     arch = encoder_arch(sd, prefix)
     used = {k for k in sd if k.split('.')[0] in DECODER_KEYS}  # dropped
     out = convert_encoder(sd, prefix, arch['windows'], used)
-    _refuse_leftovers(sd, used, 'mmpretrain SwinTransformer')
+    refuse_leftovers(sd, used, 'mmpretrain SwinTransformer', SWIN)
     ln = dict(type='LN', eps=LN_EPS)
     settings = dict(
         type='mmpretrain.SwinTransformer',
@@ -249,7 +242,8 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
     encoder-only state dict (no ``decoder_*`` / ``mask_token``, with or
     without ``encoder.``) gives the ``backbone.`` keys only, and settings
     without a ``neck``."""
-    from mmum.utils.released_twins import LN_EPS, convert_green_decoder
+    from mmum.utils.released_twins import (LN_EPS, convert_green_decoder,
+                                           refuse_leftovers)
     prefix = detect(sd)
     arch = encoder_arch(sd, prefix)
     window = arch['windows'][0]
@@ -263,11 +257,11 @@ def official_to_mmum(sd: Dict[str, torch.Tensor]
         arch={k: arch[k] for k in ('embed_dims', 'depths', 'num_heads')},
         patch_size=arch['patch_size'], window_size=window, norm_cfg=ln)
     if not has_decoder(sd):
-        _refuse_leftovers(sd, used, 'mmum GreenMIM')
+        refuse_leftovers(sd, used, 'mmum GreenMIM', SWIN)
         return out, dict(type='mmum.GreenMIM', backbone=backbone)
     decoder, neck, unit = convert_green_decoder(sd, used)
     out.update(decoder)
-    _refuse_leftovers(sd, used, 'mmum GreenMIM')
+    refuse_leftovers(sd, used, 'mmum GreenMIM', SWIN)
     settings = dict(type='mmum.GreenMIM', mask_unit=unit, backbone=backbone,
                     neck=neck, head=dict(patch_size=unit))
     return out, settings
@@ -281,8 +275,6 @@ def main():
                         help='write an mmpretrain SwinTransformer state dict '
                         'instead of an mmum GreenMIM one')
     args = parser.parse_args()
-    import torch
-
     from mmum.utils.released import load_released
     from mmum.utils.released_twins import twins_prefix
     sd, _ = load_released(args.src)
@@ -306,21 +298,12 @@ def main():
                   'dict): wrote the encoder (backbone.*) only; continuing '
                   'pre-training starts the decoder from its init. To '
                   'fine-tune or transfer, convert with --backbone-only.')
-    torch.save({'state_dict': out,
-                'meta': dict(source=args.src,
-                             converted_from='green_mim_official',
-                             target=target)}, args.dst)
-    print(f'wrote {args.dst}: {len(out)} {target} tensors from {len(sd)} '
-          'released ones')
-    for line in summary(sd, args.backbone_only):
-        print('  ' + line)
-    print(f'the model needs\n  {settings}\nload it with {load}')
+    write(args, sd, out, 'green_mim_official', target,
+          summary(sd, args.backbone_only), settings, load)
 
 
 def convert_twins(args, sd: Dict[str, torch.Tensor]) -> None:
     """The CLI for a released Twins checkpoint (``released_twins.py``)."""
-    import torch
-
     from mmum.utils.released_twins import (model_settings,
                                            official_twins_to_mmum,
                                            official_twins_to_svt,
@@ -335,13 +318,21 @@ def convert_twins(args, sd: Dict[str, torch.Tensor]) -> None:
         target = 'mmum GreenMIM (GreenTwins)'
         load = (f"load_from='{args.dst}' with "
                 'configs/green_mim/twins_l_800e.py')
+    write(args, sd, out, 'green_mim_official_twins', target,
+          twins_summary(sd, args.backbone_only), settings, load)
+
+
+def write(args, sd, out, converted_from: str, target: str,
+          lines: List[str], settings: dict, load: str) -> None:
+    """Save ``out`` to ``args.dst`` and say what was written, what each
+    part became (``lines``), the model settings and how to load it."""
+    import torch
     torch.save({'state_dict': out,
-                'meta': dict(source=args.src,
-                             converted_from='green_mim_official_twins',
+                'meta': dict(source=args.src, converted_from=converted_from,
                              target=target)}, args.dst)
     print(f'wrote {args.dst}: {len(out)} {target} tensors from {len(sd)} '
           'released ones')
-    for line in twins_summary(sd, args.backbone_only):
+    for line in lines:
         print('  ' + line)
     print(f'the model needs\n  {settings}\nload it with {load}')
 
