@@ -266,31 +266,17 @@ def build_model(cfg: Config) -> nn.Module:
     return model
 
 
-class CPUAutocastOptimWrapper(OptimWrapper):
-    """``OptimWrapper`` whose ``optim_context`` runs the forward and loss
-    under ``torch.autocast('cpu', dtype)``, as ``AmpOptimWrapper`` does on
-    CUDA (the backward and the step stay outside). No loss scaling: bf16
-    has fp32's exponent range."""
-
-    def __init__(self, *args, dtype: torch.dtype = torch.bfloat16, **kw):
-        super().__init__(*args, **kw)
-        self.cast_dtype = dtype
-
-    @contextmanager
-    def optim_context(self, model: nn.Module):
-        with super().optim_context(model), \
-                torch.autocast('cpu', dtype=self.cast_dtype):
-            yield
-
-
 def amp_optim_wrapper(cfg: Config, fp32: OptimWrapper, opts) -> OptimWrapper:
     """The AMP twin of ``fp32`` around the same torch optimizer: on CUDA the
     config's ``AmpOptimWrapper`` (fp16 and dynamic loss scale unless the
-    config says otherwise), on CPU bf16 autocast."""
+    config says otherwise), on CPU ``mmum.CPUAmpOptimWrapper`` as in training
+    (bf16 autocast where the CPU has native bf16, else fp32)."""
     clip = fp32.clip_grad_kwargs and dict(
         fp32.clip_grad_kwargs, type=fp32.grad_name[len('grad_'):])
     if not is_cuda(opts):
-        return CPUAutocastOptimWrapper(fp32.optimizer, clip_grad=clip or None)
+        from mmum.engine.optimizers.cpu_amp import CPUAmpOptimWrapper
+        return CPUAmpOptimWrapper(optimizer=fp32.optimizer,
+                                  clip_grad=clip or None)
     from mmengine.registry import OPTIM_WRAPPERS
     return OPTIM_WRAPPERS.build(
         dict(cfg.amp_optim_wrapper, optimizer=fp32.optimizer,
@@ -298,7 +284,12 @@ def amp_optim_wrapper(cfg: Config, fp32: OptimWrapper, opts) -> OptimWrapper:
 
 
 def amp_label(opts) -> str:
-    return 'fp16' if is_cuda(opts) else 'bf16'
+    """The AMP rows' precision: fp16 on CUDA; on CPU what
+    ``mmum.CPUAmpOptimWrapper`` takes (bf16, or fp32 without native bf16)."""
+    if is_cuda(opts):
+        return 'fp16'
+    from mmum.engine.optimizers.cpu_amp import native_bf16
+    return 'bf16' if native_bf16()[0] else 'fp32 (AMP: no native bf16)'
 
 
 def default_batch_size(cfg: Config, opts) -> int:
